@@ -1,0 +1,1 @@
+"""The krypton command."""

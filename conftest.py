@@ -1,0 +1,3 @@
+"""Root conftest: real-server fixtures for every test in the workspace."""
+
+pytest_plugins = ["krypton.testing.fixtures"]

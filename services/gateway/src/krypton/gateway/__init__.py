@@ -1,0 +1,1 @@
+"""Krypton gateway service."""

@@ -1,0 +1,1 @@
+"""Krypton index service."""
