@@ -18,7 +18,7 @@ __all__ = [
     "POLICY_STREAM",
     "PREFIX",
     "SVC_INDEX_QIDO",
-    "SVC_INDEX_STATS",
+    "SVC_INDEX_PING",
     "ingest_received",
     "instance_rejected",
     "instance_stored",
@@ -37,7 +37,7 @@ INSTANCE_STORED: Final = f"{PREFIX}.instance.stored"
 INSTANCE_REJECTED: Final = f"{PREFIX}.instance.rejected"
 
 SVC_INDEX_QIDO: Final = f"{PREFIX}.svc.index.qido"
-SVC_INDEX_STATS: Final = f"{PREFIX}.svc.index.stats"
+SVC_INDEX_PING: Final = f"{PREFIX}.svc.index.ping"
 
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 

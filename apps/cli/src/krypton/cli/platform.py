@@ -1,0 +1,133 @@
+"""The embedded platform: real nats-server and PostgreSQL, filesystem objects, every service.
+
+`krypton up`, the end-to-end tests and the benchmarks all start Krypton through this class, so
+what is tested is what a user runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from krypton.cli.supervisor import Supervisor
+from krypton.testing.servers import NatsServer, free_port, start_nats, start_postgres
+
+__all__ = ["SERVICES", "Platform", "PlatformConfig"]
+
+# Every Krypton service process of the embedded platform, in start order.
+SERVICES = ("ingest", "index", "gateway")
+
+
+@dataclass
+class PlatformConfig:
+    """Where the embedded platform keeps its state and which ports it uses (0 = any free)."""
+
+    state_dir: Path
+    http_port: int = 8080
+    nats_port: int = 4222
+    issuer_port: int = 8081
+    replicas: dict[str, int] = field(default_factory=dict)
+    log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Platform:
+    """Starts and stops the whole embedded stack."""
+
+    def __init__(self, config: PlatformConfig, *, colour: bool | None = None) -> None:
+        """Prepare (nothing runs until `start`)."""
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.http_port = config.http_port or free_port()
+        self.nats_port = config.nats_port or free_port()
+        self.issuer_port = config.issuer_port or free_port()
+        self.supervisor = Supervisor(colour=colour)
+        self.nats: NatsServer | None = None
+        self.pg_dsn: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's root URL."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """Where a DICOMweb client points."""
+        return f"{self.base_url}/dicomweb"
+
+    @property
+    def issuer_url(self) -> str:
+        """The development token issuer."""
+        return f"http://127.0.0.1:{self.issuer_port}"
+
+    def service_env(self) -> dict[str, str]:
+        """The environment every service process gets."""
+        assert self.nats is not None and self.pg_dsn is not None
+        env = {
+            "KRYPTON_ENVIRONMENT": "development",
+            "KRYPTON_NATS_URL": self.nats.url,
+            "KRYPTON_PG_DSN": self.pg_dsn,
+            "KRYPTON_STORAGE__BACKEND": "fs",
+            "KRYPTON_STORAGE__ROOT": str(self.state_dir / "objects"),
+            "KRYPTON_HTTP_PORT": str(self.http_port),
+            "KRYPTON_AUTH__ISSUERS": json.dumps([self.issuer_url]),
+            "KRYPTON_LOG_LEVEL": self.config.log_level,
+            "KRYPTON_STATE_DIR": str(self.state_dir),
+        }
+        env.update(self.config.extra_env)
+        return env
+
+    async def start(self, *, timeout: float = 60.0) -> None:
+        """Start servers and services; return when the gateway is ready."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "objects").mkdir(exist_ok=True)
+        self.nats = await asyncio.to_thread(start_nats, self.state_dir / "nats", self.nats_port)
+        self.pg_dsn = await asyncio.to_thread(start_postgres, self.state_dir / "pg")
+        env = self.service_env()
+        python = sys.executable
+        self.supervisor.add(
+            "issuer",
+            [python, "-m", "krypton.cli.main", "issuer", "--port", str(self.issuer_port)],
+            env,
+        )
+        for name in SERVICES:
+            for replica in range(self.config.replicas.get(name, 1)):
+                label = name if replica == 0 else f"{name}-{replica + 1}"
+                self.supervisor.add(label, [python, "-m", f"krypton.{name}"], env)
+        await self.supervisor.start()
+        await self.wait_ready(timeout)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll /readyz until every dependency answers."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                try:
+                    response = await client.get(f"{self.base_url}/readyz")
+                    if response.status_code == 200:
+                        return
+                    last = response.text
+                except httpx.HTTPError as exc:
+                    last = repr(exc)
+                await asyncio.sleep(0.2)
+        msg = f"platform not ready after {timeout} s: {last}"
+        raise TimeoutError(msg)
+
+    async def stop(self) -> None:
+        """Stop services, then nats-server. PostgreSQL stops when this process exits."""
+        await self.supervisor.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+def default_state_dir() -> Path:
+    """`KRYPTON_STATE_DIR`, else `.state` in the current directory."""
+    return Path(os.environ.get("KRYPTON_STATE_DIR", ".state"))

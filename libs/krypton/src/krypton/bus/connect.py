@@ -1,0 +1,51 @@
+"""Connections to NATS: nats-py clients and FastStream brokers built from settings."""
+
+from __future__ import annotations
+
+import nats
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+
+from krypton.core.logging import get_logger
+
+__all__ = ["connect", "make_broker"]
+
+_log = get_logger("krypton.bus")
+
+
+async def _on_error(exc: Exception) -> None:
+    _log.warning("nats connection error", error=str(exc))
+
+
+async def _on_disconnect() -> None:
+    _log.warning("nats disconnected")
+
+
+async def _on_reconnect() -> None:
+    _log.info("nats reconnected")
+
+
+async def connect(url: str, name: str) -> Client:
+    """Connect with reconnection forever (a restart of nats-server is not fatal)."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=_on_error,
+        disconnected_cb=_on_disconnect,
+        reconnected_cb=_on_reconnect,
+    )
+
+
+def make_broker(url: str, name: str) -> NatsBroker:
+    """A FastStream broker whose handlers take msgspec Structs directly."""
+    return NatsBroker(
+        url,
+        name=name,
+        serializer=MsgSpecSerializer(),
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        logger=get_logger(f"krypton.{name}.broker"),
+    )

@@ -1,0 +1,89 @@
+"""JetStream streams: their one definition, and idempotent provisioning.
+
+Every process provisions the streams it touches at start (create or update, safe to run from N
+replicas at once), so a gateway can accept uploads before ingest has ever started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from krypton.contracts import subjects
+
+__all__ = ["ALL_STREAMS", "AUDIT", "INGEST", "INSTANCES", "POLICY", "StreamSpec", "provision"]
+
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """What a stream holds and how long."""
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: RetentionPolicy
+    max_age: float  # seconds, 0 = forever
+    duplicate_window: float = 120.0
+    replicas: int = 1
+
+    def config(self, replicas: int | None = None) -> StreamConfig:
+        """nats-py stream configuration."""
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=self.retention,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD
+            if self.retention is RetentionPolicy.LIMITS
+            else DiscardPolicy.NEW,
+            max_age=self.max_age,
+            duplicate_window=self.duplicate_window,
+            num_replicas=replicas or self.replicas,
+        )
+
+
+# Staged uploads wait here until ingest acks them: work-queue retention, kept 30 days at most.
+# DiscardPolicy.NEW: when full, new uploads are refused (the gateway answers 503) rather than
+# silently dropping accepted ones.
+INGEST = StreamSpec(
+    name=subjects.INGEST_STREAM,
+    subjects=(f"{subjects.INGEST_RECEIVED}.>",),
+    retention=RetentionPolicy.WORK_QUEUE,
+    max_age=30 * _DAY,
+)
+# The fan-out bus every downstream service reads with its own durable consumer; long retention
+# so read models (index, renditions) can be rebuilt from it.
+INSTANCES = StreamSpec(
+    name=subjects.INSTANCES_STREAM,
+    subjects=(f"{subjects.INSTANCE_STORED}.>", f"{subjects.INSTANCE_REJECTED}.>"),
+    retention=RetentionPolicy.LIMITS,
+    max_age=0,
+)
+POLICY = StreamSpec(
+    name=subjects.POLICY_STREAM,
+    subjects=(f"{subjects.PREFIX}.policy.>",),
+    retention=RetentionPolicy.LIMITS,
+    max_age=0,
+)
+AUDIT = StreamSpec(
+    name=subjects.AUDIT_STREAM,
+    subjects=(f"{subjects.PREFIX}.audit.>",),
+    retention=RetentionPolicy.LIMITS,
+    max_age=0,
+)
+ALL_STREAMS = (INGEST, INSTANCES, POLICY, AUDIT)
+
+
+async def provision(js: JetStreamContext, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+    """Create each stream, or bring an existing one to its current definition."""
+    for spec in specs:
+        config = spec.config()
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Already exists with another configuration (or a race with another replica).
+            await js.update_stream(config)

@@ -1,0 +1,40 @@
+"""asyncpg connection pools with the settings every Krypton service wants.
+
+JIT is off because QIDO and ingest statements are short OLTP statements where LLVM compilation
+costs more than it saves; a statement timeout bounds any query a caller can shape.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+__all__ = ["create_pool"]
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str = "krypton",
+    statement_timeout: float | None = 30.0,
+) -> asyncpg.Pool:
+    """Open a connection pool on `dsn`.
+
+    Args:
+        dsn: libpq-style URI (``postgresql://user@host:port/db`` or a Unix-socket form).
+        min_size: connections opened up front.
+        max_size: upper bound on open connections.
+        application_name: shown in ``pg_stat_activity``; use the service name.
+        statement_timeout: seconds after which the server cancels a statement
+            (``asyncpg.QueryCanceledError``); ``None`` or 0 disables it.
+
+    Returns:
+        The open pool; close it with ``await pool.close()``.
+    """
+    settings = {"jit": "off", "application_name": application_name}
+    if statement_timeout:
+        settings["statement_timeout"] = str(int(statement_timeout * 1000))
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, server_settings=settings
+    )

@@ -1,0 +1,5 @@
+"""`python -m krypton.gateway`."""
+
+from krypton.gateway.main import main
+
+main()

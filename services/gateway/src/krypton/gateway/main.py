@@ -1,0 +1,27 @@
+"""Entry point: `python -m krypton.gateway` serves the gateway with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from krypton.core.logging import configure_logging
+from krypton.core.settings import KryptonSettings
+from krypton.gateway.app import create_app
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    """Serve on KRYPTON_HTTP_HOST:KRYPTON_HTTP_PORT."""
+    settings = KryptonSettings()
+    configure_logging("gateway", settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )

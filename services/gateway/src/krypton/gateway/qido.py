@@ -1,0 +1,64 @@
+"""QIDO-RS: parse the query at the edge, ask `index` over NATS, stream its DICOM JSON back."""
+
+from __future__ import annotations
+
+import nats.errors
+from starlette.requests import Request
+from starlette.responses import Response
+
+from krypton.bus.codec import encode
+from krypton.contracts import subjects
+from krypton.contracts.common.v1 import Actor
+from krypton.contracts.index.v1 import QidoLevelValues, QidoRequest
+from krypton.core.errors import ValidationError
+from krypton.core.logging import get_logger
+from krypton.dicom.qido import parse_qido
+from krypton.gateway.context import GatewayContext
+from krypton.gateway.problems import problem
+
+__all__ = ["search"]
+
+_log = get_logger("krypton.gateway.qido")
+DICOM_JSON = "application/dicom+json"
+_ACCEPTABLE = ("application/dicom+json", "application/json", "*/*", "application/*")
+
+
+def _accepts_json(accept: str) -> bool:
+    if not accept:
+        return True
+    media = [part.split(";", 1)[0].strip().lower() for part in accept.split(",")]
+    return any(m in _ACCEPTABLE for m in media)
+
+
+async def search(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    level: QidoLevelValues,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> Response:
+    """Handle a QIDO-RS search at `level`, scoped by the path's UIDs."""
+    if not _accepts_json(request.headers.get("accept", "")):
+        return problem(406, "QIDO-RS answers application/dicom+json only")
+    try:
+        query = parse_qido(
+            level,
+            list(request.query_params.multi_items()),
+            study_uid=study_uid,
+            series_uid=series_uid,
+        )
+    except ValidationError as exc:
+        return problem(400, exc.reason, parameter=exc.field)
+    base = (ctx.settings.public_url or str(request.base_url)).rstrip("/") + "/dicomweb"
+    payload = encode(QidoRequest(query=query, actor=actor, base_url=base))
+    try:
+        reply = await ctx.nc.request(subjects.SVC_INDEX_QIDO, payload, timeout=10.0)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        _log.warning("index unavailable", error=repr(exc))
+        return problem(503, "search unavailable; retry later", headers={"Retry-After": "2"})
+    headers = reply.headers or {}
+    status = int(headers.get("Krypton-Status", "200"))
+    if status != 200:
+        return problem(status, headers.get("Krypton-Reason", "search failed"))
+    return Response(reply.data, media_type=DICOM_JSON)

@@ -1,0 +1,419 @@
+"""STOW-RS: stream each part to staging, hand it to ingest over JetStream, report the verdicts.
+
+A part is acknowledged to the client only as what ingest decided about it: stored (in the
+ReferencedSOPSequence) or refused with its DICOM failure reason (in the FailedSOPSequence). Bytes
+never sit whole in memory: each part streams to the object store as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+from starlette.responses import Response
+
+from krypton.bus.codec import encode
+from krypton.contracts import subjects
+from krypton.contracts.common.v1 import Actor
+from krypton.contracts.ingest.v1 import IngestReceived, IngestResult
+from krypton.core.clock import utc_now_iso
+from krypton.core.logging import get_logger
+from krypton.dicom.errors import FailureReasonValues
+from krypton.gateway.context import GatewayContext
+from krypton.gateway.problems import problem
+from krypton.storage.base import ObjectInfo
+from krypton.storage.keys import staging_key
+
+__all__ = ["store_instances"]
+
+_log = get_logger("krypton.gateway.stow")
+DICOM_JSON = "application/dicom+json"
+_QUEUE_DEPTH = 16  # chunks in flight per part: bounds memory whatever the client's speed
+
+
+class PartTooLarge(Exception):
+    """A part exceeds the configured maximum instance size."""
+
+
+@dataclass
+class _PartSink:
+    """Feeds one part's bytes to `store.put_stream` as they arrive."""
+
+    ctx: GatewayContext
+    upload_id: str
+    limit: int
+    queue: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=_QUEUE_DEPTH)
+    )
+    size: int = 0
+    task: asyncio.Task[ObjectInfo] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(
+            self.ctx.store.put_stream(staging_key(self.upload_id), self._chunks())
+        )
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.queue.get()) is not None:
+            yield chunk
+
+    async def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise PartTooLarge
+        assert self.task is not None
+        if self.task.done():  # the store failed: surface its error now
+            await self.task
+        await self.queue.put(data)
+
+    async def finish(self) -> ObjectInfo:
+        await self.queue.put(None)
+        assert self.task is not None
+        return await self.task
+
+    async def abort(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):  # aborted: its error is not the story
+                pass
+
+
+@dataclass
+class _Staged:
+    upload_id: str
+    info: ObjectInfo | None = None
+    failure: tuple[int, str] | None = None  # refused before reaching ingest
+    verdict: asyncio.Future[IngestResult] | None = None
+
+
+class _MultipartReader:
+    """Drives python-multipart's callback parser from an async body stream."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        callbacks: Any = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field_cb,
+            "on_header_value": self._header_value_cb,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+        self.parser = MultipartParser(boundary, callbacks, max_header_size=8192)
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_field_cb(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_cb(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.strip().lower()] = self._header_value.strip()
+        self._header_field = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        self.events.append(("headers", dict(self._headers)))
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        self.events.append(("data", bytes(data[start:end])))
+
+    def _part_end(self) -> None:
+        self.events.append(("end", None))
+
+
+def _is_dicom(content_type: bytes | None) -> bool:
+    if not content_type:
+        return True  # a part without Content-Type takes the request's `type`
+    media, _ = parse_options_header(content_type)
+    return media.lower() == b"application/dicom"
+
+
+async def store_instances(
+    request: Request, ctx: GatewayContext, actor: Actor, study_uid: str | None
+) -> Response:
+    """Handle `POST /studies[/{study}]`."""
+    if actor.structure is None:
+        return problem(403, "only a producing structure's token may store instances")
+    content_type = request.headers.get("content-type", "")
+    media, options = parse_options_header(content_type)
+    media_type = media.decode("latin-1").lower()
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > ctx.settings.max_request_bytes:
+        return problem(413, f"request larger than {ctx.settings.max_request_bytes} bytes")
+    staged: list[_Staged] = []
+    try:
+        if media_type == "multipart/related":
+            part_type = options.get(b"type", b"application/dicom").decode("latin-1").lower()
+            if part_type != "application/dicom":
+                return problem(
+                    415,
+                    f'multipart/related type "{part_type}" is not supported; '
+                    'send type="application/dicom"',
+                )
+            boundary = options.get(b"boundary")
+            if not boundary:
+                return problem(400, "multipart/related without a boundary parameter")
+            staged = await _read_multipart(request, ctx, boundary)
+        elif media_type == "application/dicom":
+            staged = [await _read_single(request, ctx)]
+        else:
+            return problem(
+                415,
+                "STOW-RS takes multipart/related; type=\"application/dicom\" "
+                "(or a single application/dicom body)",
+            )
+    except _BadMultipart as exc:
+        await _discard(ctx, staged + exc.staged)
+        return problem(400, f"malformed multipart body: {exc.reason}")
+    except StoreFailed as exc:
+        await _discard(ctx, staged + exc.staged)
+        _log.warning("staging failed", error=exc.reason)
+        return problem(503, "object storage unavailable; retry later", headers={"Retry-After": "5"})
+    if not staged:
+        return problem(400, "the request carries no DICOM part")
+    return await _hand_over(request, ctx, actor, study_uid, staged)
+
+
+class _BadMultipart(Exception):
+    def __init__(self, reason: str, staged: list[_Staged]) -> None:
+        self.reason = reason
+        self.staged = staged
+
+
+class StoreFailed(Exception):
+    """The object store refused a write."""
+
+    def __init__(self, reason: str, staged: list[_Staged]) -> None:
+        self.reason = reason
+        self.staged = staged
+
+
+async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes) -> list[_Staged]:
+    reader = _MultipartReader(boundary)
+    staged: list[_Staged] = []
+    sink: _PartSink | None = None
+    current: _Staged | None = None
+    limit = ctx.settings.max_instance_bytes
+    try:
+        async for chunk in request.stream():
+            reader.parser.write(chunk)
+            for kind, value in reader.events:
+                if kind == "headers":
+                    current = _Staged(upload_id=uuid.uuid4().hex)
+                    staged.append(current)
+                    if _is_dicom(value.get(b"content-type")):
+                        sink = _PartSink(ctx, current.upload_id, limit)
+                        sink.start()
+                    else:
+                        sink = None
+                        current.failure = (
+                            FailureReasonValues.SOP_CLASS_NOT_SUPPORTED,
+                            "part is not application/dicom",
+                        )
+                elif kind == "data" and sink is not None and current is not None:
+                    try:
+                        await sink.feed(value)
+                    except PartTooLarge:
+                        await sink.abort()
+                        sink = None
+                        current.failure = (
+                            FailureReasonValues.OUT_OF_RESOURCES,
+                            f"instance larger than {limit} bytes",
+                        )
+                elif kind == "end" and current is not None:
+                    if sink is not None:
+                        current.info = await sink.finish()
+                    sink = None
+            reader.events.clear()
+        reader.parser.finalize()
+    except (StoreFailed, _BadMultipart):
+        raise
+    except OSError as exc:
+        if sink is not None:
+            await sink.abort()
+        raise StoreFailed(repr(exc), staged) from exc
+    except Exception as exc:  # python-multipart raises its own errors on malformed input
+        if sink is not None:
+            await sink.abort()
+        raise _BadMultipart(str(exc) or type(exc).__name__, staged) from exc
+    if sink is not None:  # body ended inside a part
+        await sink.abort()
+        raise _BadMultipart("body ended before the closing boundary", staged)
+    return staged
+
+
+async def _read_single(request: Request, ctx: GatewayContext) -> _Staged:
+    current = _Staged(upload_id=uuid.uuid4().hex)
+    sink = _PartSink(ctx, current.upload_id, ctx.settings.max_instance_bytes)
+    sink.start()
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await sink.feed(chunk)
+        current.info = await sink.finish()
+    except PartTooLarge:
+        await sink.abort()
+        current.failure = (
+            FailureReasonValues.OUT_OF_RESOURCES,
+            f"instance larger than {ctx.settings.max_instance_bytes} bytes",
+        )
+    except OSError as exc:
+        await sink.abort()
+        raise StoreFailed(repr(exc), [current]) from exc
+    return current
+
+
+async def _discard(ctx: GatewayContext, staged: list[_Staged]) -> None:
+    for item in staged:
+        if item.info is not None and item.verdict is None:
+            try:
+                await ctx.store.delete(staging_key(item.upload_id))
+            except Exception as exc:  # best effort: staging is swept anyway
+                _log.warning("could not discard staging object", error=repr(exc))
+
+
+async def _hand_over(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    study_uid: str | None,
+    staged: list[_Staged],
+) -> Response:
+    structure = actor.structure
+    assert structure is not None
+    subject = subjects.ingest_received(structure)
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    try:
+        for item in staged:
+            if item.info is None:
+                continue
+            event = IngestReceived(
+                staging_key=staging_key(item.upload_id),
+                structure=structure,
+                sha256=item.info.sha256 or "",
+                size=item.info.size,
+                received_at=utc_now_iso(),
+                actor=actor,
+                expected_study_uid=study_uid,
+                reply_to=ctx.waiter.reply_to(item.upload_id),
+                request_id=request_id,
+            )
+            item.verdict = ctx.waiter.expect(item.upload_id)
+            await ctx.js.publish(
+                subject,
+                encode(event),
+                stream=subjects.INGEST_STREAM,
+                headers={"Nats-Msg-Id": item.upload_id},
+                timeout=5.0,
+            )
+    except Exception as exc:
+        # Nothing that reached JetStream is lost (ingest processes it); the client is told to
+        # retry, and a retry of an already stored instance is a success.
+        for item in staged:
+            ctx.waiter.forget(item.upload_id)
+        # Parts never published are dropped; a part whose publish timed out stays in staging,
+        # since JetStream may hold it and ingest will then place it.
+        await _discard(ctx, [i for i in staged if i.verdict is None])
+        _log.warning("ingest stream unavailable", error=repr(exc))
+        return problem(503, "ingest unavailable; retry later", headers={"Retry-After": "5"})
+    waiting = [i.verdict for i in staged if i.verdict is not None]
+    if waiting:
+        await asyncio.wait(waiting, timeout=ctx.settings.stow_result_timeout)
+    for item in staged:
+        ctx.waiter.forget(item.upload_id)
+    return _store_response(ctx, request, staged, study_uid)
+
+
+def _store_response(
+    ctx: GatewayContext, request: Request, staged: list[_Staged], study_uid: str | None
+) -> Response:
+    base = _base_url(ctx, request)
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    study_for_url = study_uid
+    for item in staged:
+        if item.failure is not None:
+            failed.append(_failed_item(None, None, item.failure[0], item.failure[1]))
+            continue
+        verdict = item.verdict
+        if verdict is None or not verdict.done() or verdict.exception() is not None:
+            failed.append(
+                _failed_item(
+                    None,
+                    None,
+                    FailureReasonValues.OUT_OF_RESOURCES,
+                    "accepted but not confirmed in time; resending is safe",
+                )
+            )
+            continue
+        result = verdict.result()
+        if result.ok:
+            study_for_url = study_for_url or result.study_uid
+            entry: dict[str, Any] = {
+                "00081150": _ui(result.sop_class_uid),
+                "00081155": _ui(result.sop_instance_uid),
+            }
+            if result.study_uid and result.series_uid and result.sop_instance_uid:
+                entry["00081190"] = {
+                    "vr": "UR",
+                    "Value": [
+                        f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
+                        f"/instances/{result.sop_instance_uid}"
+                    ],
+                }
+            referenced.append(entry)
+        else:
+            failed.append(
+                _failed_item(
+                    result.sop_class_uid,
+                    result.sop_instance_uid,
+                    result.failure_code or FailureReasonValues.PROCESSING_FAILURE,
+                    result.reason or "refused",
+                )
+            )
+    body: dict[str, Any] = {}
+    if study_for_url:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_for_url}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 200 if not failed else (202 if referenced else 409)
+    return Response(encode(body), status_code=status, media_type=DICOM_JSON)
+
+
+def _ui(value: str | None) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _failed_item(
+    sop_class: str | None, sop_instance: str | None, code: int, reason: str
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "00081150": _ui(sop_class),
+        "00081155": _ui(sop_instance),
+        "00081197": {"vr": "US", "Value": [int(code)]},
+        # Error Comment: the human reason (LO, at most 64 characters).
+        "00000902": {"vr": "LO", "Value": [reason[:64]]},
+    }
+    return item
+
+
+def _base_url(ctx: GatewayContext, request: Request) -> str:
+    if ctx.settings.public_url:
+        return ctx.settings.public_url.rstrip("/") + "/dicomweb"
+    return str(request.base_url).rstrip("/") + "/dicomweb"

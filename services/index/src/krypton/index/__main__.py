@@ -1,0 +1,5 @@
+"""`python -m krypton.index`."""
+
+from krypton.index.app import main
+
+main()

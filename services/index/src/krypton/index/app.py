@@ -1,0 +1,108 @@
+"""The index service: the searchable read model of every stored instance, and QIDO-RS answers.
+
+Consumes `instance.stored.*` in batches with the durable pull consumer `index` (idempotent
+upserts: redelivery never double-counts), and answers `svc.index.qido` requests in the queue
+group `index` so N replicas share searches. Run it with `krypton run index`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from faststream import FastStream
+from faststream.exceptions import NackMessage
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsResponse, PullSub
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig
+
+from krypton.bus import streams
+from krypton.bus.connect import connect, make_broker
+from krypton.contracts import subjects
+from krypton.contracts.index.v1 import QidoRequest, QidoResponse
+from krypton.contracts.ingest.v1 import InstanceStored
+from krypton.core.logging import configure_logging, get_logger
+from krypton.core.settings import KryptonSettings
+from krypton.db.pool import create_pool
+from krypton.index.qido_sql import run_qido
+from krypton.index.schema import migrate
+from krypton.index.store import upsert_batch
+
+__all__ = ["build_app", "main"]
+
+_log = get_logger("krypton.index")
+
+
+def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
+    """Build the FastStream app; the pool is made in its lifespan."""
+    broker = make_broker(settings.nats_url, "index")
+    state: dict[str, asyncpg.Pool] = {}
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.pg_dsn.get_secret_value(), min_size=2, max_size=10, application_name="index"
+        )
+        await migrate(pool)
+        nc: Client = await connect(settings.nats_url, "index-provision")
+        await streams.provision(nc.jetstream())
+        await nc.close()
+        state["pool"] = pool
+        _log.info("index ready")
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    @broker.subscriber(
+        f"{subjects.INSTANCE_STORED}.*",
+        stream=JStream(name=subjects.INSTANCES_STREAM, declare=False),
+        durable="index",
+        config=ConsumerConfig(ack_wait=120, max_ack_pending=4 * settings.index_batch_size),
+        pull_sub=PullSub(batch_size=settings.index_batch_size, timeout=0.05, batch=True),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_stored(events: list[InstanceStored]) -> None:
+        try:
+            added = await upsert_batch(state["pool"], events)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:  # fmt: skip
+            _log.warning("index retry later", error=repr(exc), batch=len(events))
+            raise NackMessage(delay=2.0) from exc
+        _log.debug("indexed", batch=len(events), added=added)
+
+    @broker.subscriber(subjects.SVC_INDEX_QIDO, queue="index")
+    async def on_qido(request: QidoRequest) -> NatsResponse:
+        # The DICOM JSON body travels as raw bytes (no base64 inside another JSON document);
+        # status, count and reason ride in headers.
+        response: QidoResponse = await run_qido(state["pool"], request)
+        headers = {"Krypton-Status": str(response.status), "Krypton-Count": str(response.count)}
+        if response.reason:
+            headers["Krypton-Reason"] = response.reason
+        return NatsResponse(response.body, headers=headers)
+
+    @broker.subscriber(subjects.SVC_INDEX_PING, queue="index")
+    async def on_ping() -> bytes:
+        try:
+            await state["pool"].fetchval("select 1", timeout=2.0)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return b"down: postgres unreachable"
+        return b"ok"
+
+    app = FastStream(broker, lifespan=lifespan)
+    return app, broker
+
+
+def main() -> None:
+    """Entry point: `python -m krypton.index`."""
+    settings = KryptonSettings()
+    configure_logging("index", settings.log_level, settings.log_json)
+    app, _ = build_app(settings)
+    asyncio.run(app.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m krypton.ingest`."""
+
+from krypton.ingest.app import main
+
+main()

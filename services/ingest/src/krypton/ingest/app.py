@@ -1,0 +1,115 @@
+"""The ingest service: turns staged uploads into canonical instances or quarantined rejects.
+
+Consumes `ingest.received.*` with the durable pull consumer `ingest` (N replicas share the work),
+and publishes `instance.stored.*` / `instance.rejected.*`. Run it with `krypton run ingest` or
+`python -m krypton.ingest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from faststream import FastStream
+from faststream.exceptions import NackMessage
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig
+
+from krypton.bus import streams
+from krypton.bus.connect import connect, make_broker
+from krypton.contracts import subjects
+from krypton.contracts.ingest.v1 import IngestReceived
+from krypton.core.logging import configure_logging, get_logger
+from krypton.core.settings import KryptonSettings
+from krypton.db.migrations import apply_migrations
+from krypton.db.pool import create_pool
+from krypton.ingest.pipeline import IngestPipeline, result_payload
+from krypton.storage.base import ObjectStore
+from krypton.storage.errors import StorageUnavailable
+from krypton.storage.factory import make_store
+
+__all__ = ["build_app", "main"]
+
+SCHEMA = "ingest"
+MIGRATIONS = Path(__file__).parent / "migrations"
+_log = get_logger("krypton.ingest")
+
+# Failures that a later attempt may not meet: retried with a pause instead of a hot loop.
+_TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.CannotConnectNowError,
+    StorageUnavailable,
+)
+
+
+def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
+    """Build the FastStream app; resources are made in its lifespan."""
+    broker = make_broker(settings.nats_url, "ingest")
+    state: dict[str, object] = {}
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.pg_dsn.get_secret_value(), min_size=1, max_size=8, application_name="ingest"
+        )
+        await apply_migrations(pool, SCHEMA, MIGRATIONS)
+        store: ObjectStore = make_store(settings.storage)
+        nc: Client = await connect(settings.nats_url, "ingest-publisher")
+        js = nc.jetstream()
+        await streams.provision(js)
+        state["pipeline"] = IngestPipeline(pool, store, js)
+        state["nc"] = nc
+        _log.info("ingest ready", concurrency=settings.ingest_concurrency)
+        try:
+            yield
+        finally:
+            await nc.drain()
+            await store.close()
+            await pool.close()
+
+    @broker.subscriber(
+        f"{subjects.INGEST_RECEIVED}.*",
+        stream=JStream(name=subjects.INGEST_STREAM, declare=False),
+        durable="ingest",
+        config=ConsumerConfig(ack_wait=300, max_ack_pending=4 * settings.ingest_concurrency),
+        pull_sub=PullSub(batch_size=settings.ingest_concurrency, timeout=1.0),
+        max_workers=settings.ingest_concurrency,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_received(event: IngestReceived) -> None:
+        pipeline = state["pipeline"]
+        assert isinstance(pipeline, IngestPipeline)
+        try:
+            outcome = await pipeline.process(event)
+        except _TRANSIENT as exc:
+            _log.warning("ingest retry later", error=repr(exc), staging_key=event.staging_key)
+            raise NackMessage(delay=2.0) from exc
+        if event.reply_to:
+            nc = state["nc"]
+            assert isinstance(nc, Client)
+            await nc.publish(event.reply_to, result_payload(outcome.result))
+
+    app = FastStream(broker, lifespan=lifespan)
+    return app, broker
+
+
+def main() -> None:
+    """Entry point: `python -m krypton.ingest`."""
+    settings = KryptonSettings()
+    configure_logging("ingest", settings.log_level, settings.log_json)
+    app, _ = build_app(settings)
+    asyncio.run(app.run())
+
+
+if __name__ == "__main__":
+    main()
