@@ -110,7 +110,7 @@ async def test_a_failing_file_rolls_back_alone(
 @pytest.mark.parametrize("name", ["1_short.sql", "0001-dash.sql", "0001_bad name.sql"])
 def test_a_badly_named_file_is_refused(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover_migrations(tmp_path)
 
 

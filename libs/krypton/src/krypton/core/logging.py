@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, Final, TextIO, cast
+from collections.abc import Mapping
+from typing import Any, Final, TextIO
 
 import structlog
 from opentelemetry import trace
@@ -42,7 +42,7 @@ def _redact(value: Any, depth: int = 0) -> Any:
         return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}\g<tail>", value)
     if depth > 4:
         return value
-    if isinstance(value, MutableMapping | dict):
+    if isinstance(value, Mapping):
         return {
             k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _redact(v, depth + 1)
             for k, v in value.items()
@@ -128,7 +128,6 @@ def configure_logging(
         final: list[Processor] = [
             structlog.processors.StackInfoRenderer(),
             structlog.processors.dict_tracebacks,
-            structlog.processors.EventRenamer("event"),
         ]
         renderer = structlog.processors.JSONRenderer()
     else:
@@ -174,4 +173,4 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 
     Safe to call at import time: the logger follows whatever `configure_logging` sets later.
     """
-    return cast(structlog.stdlib.BoundLogger, structlog.stdlib.get_logger(name))
+    return structlog.stdlib.get_logger(name)

@@ -47,7 +47,7 @@ class FailureReasonValues(IntEnum):
     TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 
-class DicomRejection(KryptonError, ValueError):
+class DicomRejection(KryptonError, ValueError):  # noqa: N818 - the name the services use
     """An uploaded object cannot be accepted.
 
     Attributes:

@@ -287,7 +287,8 @@ class FileSystemStore:
             return self._root.is_dir() and os.access(self._root, os.W_OK | os.X_OK)
 
         if not await asyncio.to_thread(ping):
-            raise StorageUnavailable(f"{self._root} is not a writable directory", backend=_BACKEND)
+            msg = f"{self._root} is not a writable directory"
+            raise StorageUnavailable(msg, backend=_BACKEND)
 
     async def close(self) -> None:
         """Nothing to release."""

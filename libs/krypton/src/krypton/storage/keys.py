@@ -63,7 +63,9 @@ def validate_key(key: str) -> str:
         raise InvalidKey(key, f"key longer than {MAX_KEY_LENGTH} characters")
     for segment in key.split("/"):
         if not _SEGMENT.fullmatch(segment):
-            raise InvalidKey(key, "key segments must be non-empty [A-Za-z0-9._-], not starting with '.'")
+            raise InvalidKey(
+                key, "key segments must be non-empty [A-Za-z0-9._-], not starting with '.'"
+            )
     return key
 
 

@@ -15,7 +15,7 @@ import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import certifi
 import urllib3
@@ -23,6 +23,7 @@ from minio import Minio
 from minio.commonconfig import ComposeSource
 from minio.datatypes import Part
 from minio.error import MinioException, S3Error
+from urllib3 import BaseHTTPResponse
 from urllib3.util import Retry, Timeout
 
 from krypton.core.logging import get_logger
@@ -56,9 +57,11 @@ def _translated(key: str | None = None) -> Iterator[None]:
         if key is not None and exc.code in _MISSING_CODES:
             raise ObjectNotFound(key) from exc
         # Missing bucket, refused credentials, throttling: the store cannot serve right now.
-        raise StorageUnavailable(f"{exc.code}: {exc.message}", backend=_BACKEND) from exc
+        msg = f"{exc.code}: {exc.message}"
+        raise StorageUnavailable(msg, backend=_BACKEND) from exc
     except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise StorageUnavailable(f"{type(exc).__name__}: {exc}", backend=_BACKEND) from exc
+        msg = f"{type(exc).__name__}: {exc}"
+        raise StorageUnavailable(msg, backend=_BACKEND) from exc
 
 
 class S3Store:
@@ -122,7 +125,7 @@ class S3Store:
             if self._client.bucket_exists(self._bucket):
                 return
             try:
-                self._client.make_bucket(self._bucket, location=self._region)  # type: ignore[no-untyped-call]
+                self._client.make_bucket(self._bucket, location=self._region)
             except S3Error as exc:
                 # Another replica created it between our check and our request.
                 if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
@@ -251,7 +254,7 @@ class S3Store:
 
         return await self._call(key, read)
 
-    def _get(self, key: str, offset: int, length: int | None) -> Any:
+    def _get(self, key: str, offset: int, length: int | None) -> BaseHTTPResponse | None:
         """GET a range; `None` when the range starts at or past the end of the object."""
         try:
             return self._client.get_object(self._bucket, key, offset=offset, length=length or 0)
@@ -350,7 +353,8 @@ class S3Store:
     async def ping(self) -> None:
         """Check that the endpoint answers and the bucket exists."""
         if not await self._call(None, self._client.bucket_exists, self._bucket):
-            raise StorageUnavailable(f"bucket {self._bucket!r} does not exist", backend=_BACKEND)
+            msg = f"bucket {self._bucket!r} does not exist"
+            raise StorageUnavailable(msg, backend=_BACKEND)
 
     async def close(self) -> None:
         """Close pooled connections."""

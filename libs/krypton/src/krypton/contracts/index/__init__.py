@@ -1,0 +1,1 @@
+"""Index service contracts: QIDO-RS requests and replies over NATS request/reply."""
