@@ -34,7 +34,9 @@ async def stow(
 ) -> httpx.Response:
     body, content_type = multipart(parts)
     target = f"{url}/studies" + (f"/{study}" if study else "")
-    return await client.post(target, content=body, headers={**headers, "Content-Type": content_type})
+    return await client.post(
+        target, content=body, headers={**headers, "Content-Type": content_type}
+    )
 
 
 async def qido(

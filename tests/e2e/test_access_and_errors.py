@@ -46,9 +46,13 @@ async def test_a_structure_sees_its_own_studies_only_and_an_admin_sees_all(
     platform: Running, http: httpx.AsyncClient
 ) -> None:
     study_a, study_b = "1.2.826.0.1.3680043.8.498.880001", "1.2.826.0.1.3680043.8.498.880002"
-    r = await stow(http, platform.url, platform.producer(A), [_instance(study_a, study_a + ".9", "PA")])
+    r = await stow(
+        http, platform.url, platform.producer(A), [_instance(study_a, study_a + ".9", "PA")]
+    )
     assert r.status_code == 200, r.text
-    r = await stow(http, platform.url, platform.producer(B), [_instance(study_b, study_b + ".9", "PB")])
+    r = await stow(
+        http, platform.url, platform.producer(B), [_instance(study_b, study_b + ".9", "PB")]
+    )
     assert r.status_code == 200, r.text
     admin = platform.admin()
     await wait_for(http, platform.url, "studies", admin, 1, StudyInstanceUID=study_b)
@@ -57,7 +61,8 @@ async def test_a_structure_sees_its_own_studies_only_and_an_admin_sees_all(
     pro_a = platform.headers("professional", "810000000001", structure=A)
     seen = await qido(http, platform.url, "studies", pro_a, limit=1000)
     uids = {value(s, "0020000D") for s in seen}
-    assert study_a in uids and study_b not in uids
+    assert study_a in uids
+    assert study_b not in uids
     # Hidden and non-existent look the same: an empty answer, never an error that leaks.
     hidden = await qido(http, platform.url, f"studies/{study_b}/series", pro_a)
     missing = await qido(http, platform.url, "studies/1.2.3.999/series", pro_a)
@@ -104,13 +109,18 @@ async def test_stow_refuses_other_media_types_and_malformed_bodies(
 ) -> None:
     headers = platform.producer(A)
     r = await http.post(
-        f"{platform.url}/studies", content=b"{}", headers={**headers, "Content-Type": "application/json"}
+        f"{platform.url}/studies",
+        content=b"{}",
+        headers={**headers, "Content-Type": "application/json"},
     )
     assert r.status_code == 415
     r = await http.post(
         f"{platform.url}/studies",
         content=b"--x\r\nContent-Type: application/dicom\r\n\r\nabc",
-        headers={**headers, "Content-Type": 'multipart/related; type="application/dicom"; boundary=x'},
+        headers={
+            **headers,
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
+        },
     )
     assert r.status_code in (400, 409)
     patient = platform.headers("patient", "p-1", ins="123456789012345")

@@ -52,7 +52,8 @@ def expectations(files: list[Path]) -> list[Expected]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             ts = UID(ds.file_meta.TransferSyntaxUID)
             if not ts.is_transfer_syntax:
-                raise ValueError("unknown transfer syntax")
+                msg = "unknown transfer syntax"
+                raise ValueError(msg)
             uids = {k: str(ds.get(k, "") or "") for k in REQUIRED_UIDS}
             patient_id = str(ds.get("PatientID", "") or "").strip()
         except Exception:
@@ -107,9 +108,7 @@ async def test_every_pydicom_file_is_stored_and_found_or_refused_with_its_reason
         ds = item.dataset
         assert ds is not None
         study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-        found = await wait_for(
-            http, platform.url, "studies", admin, 1, StudyInstanceUID=study
-        )
+        found = await wait_for(http, platform.url, "studies", admin, 1, StudyInstanceUID=study)
         assert len(found) == 1, item.path.name
         assert value(found[0], "0020000D") == study
         assert value(found[0], "00100020") == str(ds.PatientID)

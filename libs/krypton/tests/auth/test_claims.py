@@ -134,7 +134,8 @@ def test_errors_name_their_http_status_and_challenge() -> None:
 
     assert error.http_status == 401
     assert error.www_authenticate == (
-        'Bearer error="invalid_token", error_description="token expired"'
+        'Bearer realm="krypton", error="invalid_token", error_description="token expired"'
     )
+    assert AuthenticationError("missing bearer token").www_authenticate == 'Bearer realm="krypton"'
     assert PermissionDenied().http_status == 403
     assert PermissionDenied().reason == "permission denied"

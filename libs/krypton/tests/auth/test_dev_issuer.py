@@ -16,6 +16,7 @@ from krypton.testing.servers import free_port
 
 Serve = Callable[[DevIssuer, int], contextlib.AbstractAsyncContextManager[None]]
 
+
 def test_key_is_created_private_and_reloaded_on_next_start(tmp_path: Path) -> None:
     first = DevIssuer(tmp_path, "http://127.0.0.1:1")
     second = DevIssuer(tmp_path, "http://127.0.0.1:1")

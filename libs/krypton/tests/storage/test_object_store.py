@@ -62,6 +62,14 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
+def pending_uploads(store: ObjectStore) -> int:
+    """Multipart uploads begun and neither completed nor aborted (0 for the filesystem)."""
+    if not isinstance(store, S3Store):
+        return 0
+    # No public minio call lists them; the private one is what `mc` uses too.
+    return len(store._client._list_multipart_uploads(store.bucket).uploads)
+
+
 async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
@@ -69,6 +77,14 @@ async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 async def collect(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def files_under(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()]
 
 
 async def test_put_bytes_then_read_returns_the_same_bytes(store: ObjectStore) -> None:
@@ -165,7 +181,9 @@ async def test_stream_yields_the_requested_range_in_bounded_chunks(store: Object
     data = pattern(100_000, seed=1)
     await store.put_bytes("staging/s", data)
 
-    chunks = [c async for c in store.stream("staging/s", offset=1_000, length=50_000, chunk_size=4096)]
+    chunks = [
+        c async for c in store.stream("staging/s", offset=1_000, length=50_000, chunk_size=4096)
+    ]
 
     assert b"".join(chunks) == data[1_000:51_000]
     assert all(0 < len(c) <= 4096 for c in chunks)
@@ -306,13 +324,13 @@ async def test_keys_that_could_escape_the_store_are_refused(
     with pytest.raises(InvalidKey):
         store.local_path(key)
     assert await store.read("staging/ok") == b"ok"
-    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["objects"])
+    assert names(tmp_path) in ([], ["objects"])
 
 
 @pytest.mark.parametrize("prefix", ["../", "/", "a//", ".", "a\\"])
 async def test_list_refuses_prefixes_no_key_can_have(store: ObjectStore, prefix: str) -> None:
     with pytest.raises(InvalidKey):
-        await collect(store.list(prefix))  # type: ignore[arg-type]
+        [key async for key in store.list(prefix)]
 
 
 async def test_invalid_key_is_a_validation_error() -> None:
@@ -334,9 +352,9 @@ async def test_a_put_stream_that_fails_midway_leaves_nothing_at_the_key(
 
     assert not await store.exists("staging/partial")
     assert [k async for k in store.list()] == []
+    assert pending_uploads(store) == 0
     if isinstance(store, FileSystemStore):
-        leftovers = [p for p in store.root.rglob("*") if p.is_file()]
-        assert leftovers == []
+        assert files_under(store.root) == []
 
 
 async def test_a_failed_overwrite_keeps_the_previous_object(store: ObjectStore) -> None:
@@ -371,6 +389,7 @@ async def test_a_cancelled_put_stream_leaves_nothing_at_the_key(store: ObjectSto
 
     assert not await store.exists("staging/cancelled")
     assert [k async for k in store.list()] == []
+    assert pending_uploads(store) == 0
 
 
 async def test_ping_succeeds_on_a_working_store(store: ObjectStore) -> None:
@@ -443,6 +462,7 @@ async def test_s3_multipart_upload_is_invisible_until_complete(s3_server: S3Serv
         assert not await store.exists("dicom/1/2/3.dcm")
         finish.set()
         info = await task
+        assert pending_uploads(store) == 0
         assert info.size == len(data)
         assert info.sha256 == hashlib.sha256(data).hexdigest()
         assert await store.read("dicom/1/2/3.dcm") == data
@@ -469,3 +489,14 @@ async def test_open_store_creates_the_bucket_and_make_store_follows_the_backend(
     assert isinstance(fs, FileSystemStore)
     assert isinstance(fs, ObjectStore)
     assert fs.root == tmp_path / "o"
+
+
+async def test_filesystem_errors_surface_as_storage_unavailable(tmp_path: Path) -> None:
+    store = FileSystemStore(tmp_path / "objects")
+    await store.put_bytes("a", b"a file where a directory is needed")
+
+    with pytest.raises(StorageUnavailable):
+        await store.put_bytes("a/b", b"x")
+    with pytest.raises(StorageUnavailable):
+        await store.put_stream("a/b", chunked(b"x", 1))
+    assert await store.read("a") == b"a file where a directory is needed"

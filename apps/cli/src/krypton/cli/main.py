@@ -1,9 +1,9 @@
 """The `krypton` command.
 
-    krypton up [--demo]           the whole platform on this machine (embedded default)
-    krypton run SERVICE           one service against configured NATS / PostgreSQL / storage
-    krypton token --role ROLE ... a signed development token
-    krypton demo load             demo data through the public DICOMweb API
+krypton up [--demo]           the whole platform on this machine (embedded default)
+krypton run SERVICE           one service against configured NATS / PostgreSQL / storage
+krypton token --role ROLE ... a signed development token
+krypton demo load             demo data through the public DICOMweb API
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="krypton", description="Krypton regional imaging platform")
+    parser = argparse.ArgumentParser(
+        prog="krypton", description="Krypton regional imaging platform"
+    )
     parser.add_argument("--state-dir", help="where the embedded platform keeps its data (.state)")
     parser.add_argument("--issuer-port", type=int, default=8081)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     token = sub.add_parser("token", help="print a signed development token")
-    token.add_argument("--role", required=True, choices=["producer", "professional", "patient", "admin"])
+    token.add_argument(
+        "--role", required=True, choices=["producer", "professional", "patient", "admin"]
+    )
     token.add_argument("--sub", required=True, help="subject: IDNPS, system id, or patient id")
     token.add_argument("--structure", help="FINESS of the structure the caller acts for")
     token.add_argument("--name")

@@ -69,7 +69,8 @@ class Platform:
 
     def service_env(self) -> dict[str, str]:
         """The environment every service process gets."""
-        assert self.nats is not None and self.pg_dsn is not None
+        assert self.nats is not None
+        assert self.pg_dsn is not None
         env = {
             "KRYPTON_ENVIRONMENT": "development",
             "KRYPTON_NATS_URL": self.nats.url,

@@ -10,7 +10,9 @@ from typing import ClassVar
 
 from krypton.core.errors import KryptonError
 
-__all__ = ["AuthenticationError", "JwksUnavailableError", "PermissionDenied"]
+__all__ = ["MISSING_TOKEN", "AuthenticationError", "JwksUnavailableError", "PermissionDenied"]
+
+MISSING_TOKEN = "missing bearer token"
 
 
 class AuthenticationError(KryptonError):
@@ -29,9 +31,12 @@ class AuthenticationError(KryptonError):
     @property
     def www_authenticate(self) -> str:
         """Value of the `WWW-Authenticate` header for the 401 answer (RFC 6750 §3)."""
+        if self.reason == MISSING_TOKEN:
+            # RFC 6750 §3.1: a request without credentials gets a bare challenge, no error code.
+            return 'Bearer realm="krypton"'
         # The reason is one of our fixed phrases, but quotes would still break the header syntax.
         description = self.reason.replace("\\", "").replace('"', "'")
-        return f'Bearer error="invalid_token", error_description="{description}"'
+        return f'Bearer realm="krypton", error="invalid_token", error_description="{description}"'
 
 
 class PermissionDenied(KryptonError):  # noqa: N818 - the name mirrors HTTP 403, as callers expect

@@ -243,7 +243,7 @@ class JwksCache:
         self, issuer: str, entry: _IssuerKeys, reason: str
     ) -> tuple[VerifyingKey, ...]:
         if entry.keys:
-            log.warning("jwks_stale_keys_used", issuer=issuer, reason=reason)
+            # Not logged here: every request would log during an outage; the failed fetch was.
             return entry.keys
         raise JwksUnavailableError(issuer, reason)
 

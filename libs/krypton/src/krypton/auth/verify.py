@@ -29,7 +29,7 @@ from joserfc.errors import (
 )
 
 from krypton.auth.claims import ClaimNames, actor_from_claims
-from krypton.auth.errors import AuthenticationError
+from krypton.auth.errors import MISSING_TOKEN, AuthenticationError
 from krypton.auth.jwks import JwksCache
 from krypton.contracts.common.v1 import Actor
 from krypton.core.errors import ConfigurationError
@@ -66,7 +66,7 @@ def bearer_token(authorization: str | None) -> str:
         AuthenticationError: The header is missing or is not a bearer credential.
     """
     if not authorization:
-        msg = "missing bearer token"
+        msg = MISSING_TOKEN
         raise AuthenticationError(msg)
     if len(authorization) > MAX_TOKEN_BYTES + 64:
         msg = "token too large"
@@ -157,7 +157,7 @@ class TokenVerifier:
             JwksUnavailableError: The issuer's keys cannot be obtained and none are cached.
         """
         if not token:
-            msg = "missing bearer token"
+            msg = MISSING_TOKEN
             raise AuthenticationError(msg)
         if len(token) > MAX_TOKEN_BYTES:
             msg = "token too large"

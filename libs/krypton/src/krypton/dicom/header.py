@@ -247,11 +247,13 @@ def _read(
         _reject_cannot_understand("not a DICOM Part 10 file: no DICM prefix")
 
     file_meta, dataset_start = _read_file_meta(reader)
+    if dataset_start - origin >= size:
+        # Checked before the transfer syntax: a file cut inside its file meta (at an element
+        # boundary) would otherwise be reported as lacking a transfer syntax.
+        _reject_cannot_understand("truncated header: nothing after the file meta information")
     transfer_syntax = _transfer_syntax(file_meta)
     is_implicit_vr = transfer_syntax.is_implicit_VR
     is_little_endian = transfer_syntax.is_little_endian
-    if dataset_start - origin >= size:
-        _reject_cannot_understand("no data set after the file meta information")
 
     notes: list[str] = []
     if transfer_syntax.keyword in _DEFLATED_KEYWORDS:
@@ -261,6 +263,7 @@ def _read(
         data_reader = _BoundedReader(buffer, len(inflated) if complete else limit)
         readers.append(data_reader)
         dataset = _read_dataset(data_reader, is_implicit_vr, is_little_endian, defer_size)
+        is_implicit_vr, is_little_endian = _encoding(dataset, is_implicit_vr, is_little_endian)
         end = data_reader.tell()
         location = _locate_pixel_data(
             buffer, end, len(inflated), is_implicit_vr, is_little_endian, complete
@@ -279,6 +282,7 @@ def _read(
     else:
         buffer = fp
         dataset = _read_dataset(reader, is_implicit_vr, is_little_endian, defer_size)
+        is_implicit_vr, is_little_endian = _encoding(dataset, is_implicit_vr, is_little_endian)
         end = reader.tell()
         location = _locate_pixel_data(fp, end, origin + size, is_implicit_vr, is_little_endian)
         if location is None:
@@ -358,6 +362,19 @@ def _read_dataset(
     )
 
 
+def _encoding(dataset: Dataset, is_implicit_vr: bool, is_little_endian: bool) -> tuple[bool, bool]:
+    """The VR encoding pydicom actually used for the data set.
+
+    pydicom detects a data set whose VR encoding contradicts its transfer syntax (and warns);
+    the pixel data element must then be read the same way.
+    """
+    implicit, little = dataset.original_encoding
+    return (
+        is_implicit_vr if implicit is None else implicit,
+        is_little_endian if little is None else little,
+    )
+
+
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) in PIXEL_DATA_TAGS
 
@@ -409,8 +426,14 @@ def _locate_pixel_data(
         vr = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}[tag]
         (length,) = struct.unpack(f"{endian}L", head[4:8])
         value_offset = position + 8
+    elif not (b"AA" <= head[4:6] <= b"ZZ"):
+        # Not a VR: the writer switched to implicit VR (pydicom's `assume_implicit_vr_switch`
+        # reads the same way).
+        vr = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}[tag]
+        (length,) = struct.unpack(f"{endian}L", head[4:8])
+        value_offset = position + 8
     else:
-        vr = head[4:6].decode("ascii", "replace")
+        vr = head[4:6].decode("ascii")
         if vr in EXPLICIT_VR_LENGTH_32:
             extra = fp.read(4)
             if len(extra) < 4:

@@ -6,7 +6,7 @@ complete. Bulk bytes stay here; messages on the bus carry keys.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -69,7 +69,7 @@ class ObjectStore(Protocol):
         offset: int = 0,
         length: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes from `offset` (`length` of them, or to the end).
 
         Close the iterator (`contextlib.aclosing`) when stopping early: that releases the
@@ -103,7 +103,7 @@ class ObjectStore(Protocol):
         """Remove the object at `key`; a missing object is not an error."""
         ...
 
-    def list(self, prefix: str = "") -> AsyncIterator[str]:
+    def list(self, prefix: str = "") -> AsyncGenerator[str, None]:
         """Yield every key that starts with `prefix`, in lexicographic order."""
         ...
 

@@ -14,9 +14,9 @@ import os
 import stat as stat_mode
 import tempfile
 import threading
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 
 from krypton.storage.base import DEFAULT_CHUNK_SIZE, ObjectInfo
 from krypton.storage.errors import ObjectNotFound, StorageUnavailable
@@ -25,6 +25,9 @@ from krypton.storage.keys import validate_key, validate_prefix
 __all__ = ["FileSystemStore"]
 
 _BACKEND = "fs"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -124,20 +127,20 @@ class FileSystemStore:
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
         """Write `chunks` to a temporary file, then rename it to `key` (see `ObjectStore`)."""
         path = self._path(key)
-        writer = await asyncio.to_thread(_AtomicWriter, path)
+        writer = await _run(_AtomicWriter, path)
         try:
             buffer = bytearray()
             async for chunk in chunks:
                 if not buffer and len(chunk) >= self._write_buffer:
-                    await asyncio.to_thread(writer.write, chunk)  # already big: skip the copy
+                    await _run(writer.write, chunk)  # already big: skip the copy
                     continue
                 buffer += chunk
                 if len(buffer) >= self._write_buffer:
-                    await asyncio.to_thread(writer.write, buffer)
+                    await _run(writer.write, buffer)
                     buffer = bytearray()
             if buffer:
-                await asyncio.to_thread(writer.write, buffer)
-            return await asyncio.to_thread(writer.commit, key)
+                await _run(writer.write, buffer)
+            return await _run(writer.commit, key)
         except BaseException:
             # Synchronous on purpose: it must also run when the task is being cancelled.
             writer.abort()
@@ -156,7 +159,7 @@ class FileSystemStore:
                 writer.abort()
                 raise
 
-        return await asyncio.to_thread(put)
+        return await _run(put)
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Return up to `length` bytes from `offset` (see `ObjectStore.read`)."""
@@ -168,7 +171,7 @@ class FileSystemStore:
                 file.seek(offset)
                 return file.read(-1 if length is None else length)
 
-        return await asyncio.to_thread(read)
+        return await _run(read)
 
     async def stream(
         self,
@@ -176,7 +179,7 @@ class FileSystemStore:
         offset: int = 0,
         length: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the file's bytes in `chunk_size` pieces, one thread hop per piece."""
         path = self._path(key)
         _check_range(offset, length)
@@ -189,12 +192,12 @@ class FileSystemStore:
             file.seek(offset)
             return file
 
-        file = await asyncio.to_thread(open_at)
+        file = await _run(open_at)
         try:
             remaining = length
             while remaining is None or remaining > 0:
                 size = chunk_size if remaining is None else min(chunk_size, remaining)
-                chunk = await asyncio.to_thread(file.read, size)
+                chunk = await _run(file.read, size)
                 if not chunk:
                     return
                 if remaining is not None:
@@ -206,13 +209,16 @@ class FileSystemStore:
     async def stat(self, key: str) -> ObjectInfo | None:
         """Return the object's size, or `None` if it is missing."""
         path = self._path(key)
-        try:
-            result = await asyncio.to_thread(path.stat)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat_mode.S_ISREG(result.st_mode):
-            return None
-        return ObjectInfo(key=key, size=result.st_size)
+
+        def size() -> int | None:
+            try:
+                result = path.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            return result.st_size if stat_mode.S_ISREG(result.st_mode) else None
+
+        found = await _run(size)
+        return None if found is None else ObjectInfo(key=key, size=found)
 
     async def exists(self, key: str) -> bool:
         """Tell whether an object is stored under `key`."""
@@ -238,7 +244,7 @@ class FileSystemStore:
             if src_path.parent != dst_path.parent:
                 _fsync_dir(src_path.parent)
 
-        await asyncio.to_thread(move)
+        await _run(move)
 
     async def delete(self, key: str) -> None:
         """Remove the file at `key`; a missing one is fine."""
@@ -251,9 +257,9 @@ class FileSystemStore:
                 return
             _fsync_dir(path.parent)
 
-        await asyncio.to_thread(delete)
+        await _run(delete)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list(self, prefix: str = "") -> AsyncGenerator[str, None]:
         """Yield keys starting with `prefix` in lexicographic order, one directory at a time."""
         validate_prefix(prefix)
         # Only the directory named by the prefix's complete segments needs walking.
@@ -267,7 +273,7 @@ class FileSystemStore:
                 yield key
                 continue
             children: list[tuple[str, Path | None]] = []
-            for name, is_dir in await asyncio.to_thread(_scan, directory):
+            for name, is_dir in await _run(_scan, directory):
                 child = key + name
                 if not is_dir:
                     if child.startswith(prefix):
@@ -286,12 +292,21 @@ class FileSystemStore:
         def ping() -> bool:
             return self._root.is_dir() and os.access(self._root, os.W_OK | os.X_OK)
 
-        if not await asyncio.to_thread(ping):
+        if not await _run(ping):
             msg = f"{self._root} is not a writable directory"
             raise StorageUnavailable(msg, backend=_BACKEND)
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+async def _run(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run blocking I/O in a worker thread; a failing disk (full, read-only, EIO) is unavailable."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except OSError as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        raise StorageUnavailable(msg, backend=_BACKEND) from exc
 
 
 def _check_range(offset: int, length: int | None) -> None:

@@ -2,8 +2,9 @@
 
 The minio client is synchronous, so every call runs in a worker thread. Streamed uploads use
 S3 multipart upload fed part by part from the async iterator: at most one part is uploading
-while the next one fills, so memory stays near two parts whatever the object's size, and the
-object appears under its key only when the upload completes. Object names are the keys.
+while the next one fills, so an upload holds about three parts in memory (the one in flight,
+the one filling, the one being cut) whatever the object's size, and the object appears under
+its key only when the upload completes. Object names are the keys.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import hashlib
 import io
 import itertools
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -69,8 +70,8 @@ class S3Store:
 
     Args:
         settings: Endpoint, credentials, bucket, TLS and region.
-        part_size: Multipart part size in bytes (at least 5 MiB); bounds upload memory to about
-            twice this.
+        part_size: Multipart part size in bytes (at least 5 MiB); an upload holds about three
+            parts in memory.
         connect_timeout: Seconds to wait for a TCP/TLS connection before giving up.
         read_timeout: Seconds to wait for a response byte.
     """
@@ -177,7 +178,8 @@ class S3Store:
                 buffer += chunk
                 size += len(chunk)
                 while len(buffer) >= self._part_size:
-                    data = bytes(buffer[: self._part_size])
+                    with memoryview(buffer) as view:  # one copy, not slice-then-bytes
+                        data = view[: self._part_size].tobytes()
                     del buffer[: self._part_size]  # cheap: bytearray trims its head in place
                     await send(data)
             if upload_id is None:
@@ -269,7 +271,7 @@ class S3Store:
         offset: int = 0,
         length: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes from one ranged GET, one thread hop per chunk."""
         validate_key(key)
         _check_range(offset, length)
@@ -336,7 +338,7 @@ class S3Store:
         validate_key(key)
         await self._call(None, self._client.remove_object, self._bucket, key)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list(self, prefix: str = "") -> AsyncGenerator[str, None]:
         """Yield keys starting with `prefix`, paging in worker threads."""
         validate_prefix(prefix)
         objects = iter(

@@ -32,7 +32,7 @@ from krypton.gateway.problems import problem
 from krypton.gateway.qido import search
 from krypton.gateway.security import authenticate
 from krypton.gateway.stow import store_instances
-from krypton.storage.factory import make_store
+from krypton.storage.factory import open_store
 
 __all__ = ["create_app"]
 
@@ -57,7 +57,7 @@ def create_app(settings: KryptonSettings) -> FastAPI:
         nc = await connect(settings.nats_url, "gateway")
         js = nc.jetstream()
         await streams.provision(js)
-        store = make_store(settings.storage)
+        store = await open_store(settings.storage)
         jwks = JwksCache(settings.auth)
         waiter = VerdictWaiter(prefix=f"_INBOX.krypton.gateway.{uuid.uuid4().hex}")
         await waiter.start(nc)
@@ -96,7 +96,7 @@ def create_app(settings: KryptonSettings) -> FastAPI:
         try:
             actor = await authenticate(request, ctx)
         except AuthenticationError as exc:
-            return problem(401, exc.reason, headers={"WWW-Authenticate": exc.www_authenticate()})
+            return problem(401, exc.reason, headers={"WWW-Authenticate": exc.www_authenticate})
         except JwksUnavailableError:
             return problem(
                 503, "token issuer keys unavailable; retry later", headers={"Retry-After": "5"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from starlette.requests import Request
 
 from krypton.auth.errors import AuthenticationError
@@ -22,22 +23,14 @@ async def authenticate(request: Request, ctx: GatewayContext) -> Actor:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise AuthenticationError("Authorization header must be 'Bearer <token>'")
+            msg = "Authorization header must be 'Bearer <token>'"
+            raise AuthenticationError(msg)
         token = value.strip()
     else:
         token = request.query_params.get("access_token")
     if not token:
-        raise AuthenticationError("missing bearer token")
+        msg = "missing bearer token"
+        raise AuthenticationError(msg)
     actor = await ctx.verifier.verify(token)
     client = request.client.host if request.client else None
-    return Actor(
-        sub=actor.sub,
-        role=actor.role,
-        issuer=actor.issuer,
-        structure=actor.structure,
-        name=actor.name,
-        profession=actor.profession,
-        ins=actor.ins,
-        client_address=client,
-        token_id=actor.token_id,
-    )
+    return msgspec.structs.replace(actor, client_address=client)

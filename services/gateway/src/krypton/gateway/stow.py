@@ -8,6 +8,7 @@ never sit whole in memory: each part streams to the object store as it arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ DICOM_JSON = "application/dicom+json"
 _QUEUE_DEPTH = 16  # chunks in flight per part: bounds memory whatever the client's speed
 
 
-class PartTooLarge(Exception):
+class PartTooLargeError(Exception):
     """A part exceeds the configured maximum instance size."""
 
 
@@ -65,7 +66,7 @@ class _PartSink:
     async def feed(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise PartTooLarge
+            raise PartTooLargeError
         assert self.task is not None
         if self.task.done():  # the store failed: surface its error now
             await self.task
@@ -79,10 +80,9 @@ class _PartSink:
     async def abort(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
-            try:
+            # Aborted on purpose: its own error is not the story.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-            except (asyncio.CancelledError, Exception):  # aborted: its error is not the story
-                pass
 
 
 @dataclass
@@ -173,13 +173,13 @@ async def store_instances(
         else:
             return problem(
                 415,
-                "STOW-RS takes multipart/related; type=\"application/dicom\" "
+                'STOW-RS takes multipart/related; type="application/dicom" '
                 "(or a single application/dicom body)",
             )
-    except _BadMultipart as exc:
+    except _BadMultipartError as exc:
         await _discard(ctx, staged + exc.staged)
         return problem(400, f"malformed multipart body: {exc.reason}")
-    except StoreFailed as exc:
+    except StoreFailedError as exc:
         await _discard(ctx, staged + exc.staged)
         _log.warning("staging failed", error=exc.reason)
         return problem(503, "object storage unavailable; retry later", headers={"Retry-After": "5"})
@@ -188,13 +188,13 @@ async def store_instances(
     return await _hand_over(request, ctx, actor, study_uid, staged)
 
 
-class _BadMultipart(Exception):
+class _BadMultipartError(Exception):
     def __init__(self, reason: str, staged: list[_Staged]) -> None:
         self.reason = reason
         self.staged = staged
 
 
-class StoreFailed(Exception):
+class StoreFailedError(Exception):
     """The object store refused a write."""
 
     def __init__(self, reason: str, staged: list[_Staged]) -> None:
@@ -227,7 +227,7 @@ async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes
                 elif kind == "data" and sink is not None and current is not None:
                     try:
                         await sink.feed(value)
-                    except PartTooLarge:
+                    except PartTooLargeError:
                         await sink.abort()
                         sink = None
                         current.failure = (
@@ -240,19 +240,20 @@ async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes
                     sink = None
             reader.events.clear()
         reader.parser.finalize()
-    except (StoreFailed, _BadMultipart):
+    except (StoreFailedError, _BadMultipartError):
         raise
     except OSError as exc:
         if sink is not None:
             await sink.abort()
-        raise StoreFailed(repr(exc), staged) from exc
+        raise StoreFailedError(repr(exc), staged) from exc
     except Exception as exc:  # python-multipart raises its own errors on malformed input
         if sink is not None:
             await sink.abort()
-        raise _BadMultipart(str(exc) or type(exc).__name__, staged) from exc
+        raise _BadMultipartError(str(exc) or type(exc).__name__, staged) from exc
     if sink is not None:  # body ended inside a part
         await sink.abort()
-        raise _BadMultipart("body ended before the closing boundary", staged)
+        msg = "body ended before the closing boundary"
+        raise _BadMultipartError(msg, staged)
     return staged
 
 
@@ -265,7 +266,7 @@ async def _read_single(request: Request, ctx: GatewayContext) -> _Staged:
             if chunk:
                 await sink.feed(chunk)
         current.info = await sink.finish()
-    except PartTooLarge:
+    except PartTooLargeError:
         await sink.abort()
         current.failure = (
             FailureReasonValues.OUT_OF_RESOURCES,
@@ -273,7 +274,7 @@ async def _read_single(request: Request, ctx: GatewayContext) -> _Staged:
         )
     except OSError as exc:
         await sink.abort()
-        raise StoreFailed(repr(exc), [current]) from exc
+        raise StoreFailedError(repr(exc), [current]) from exc
     return current
 
 

@@ -68,8 +68,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
     async def on_stored(events: list[InstanceStored]) -> None:
         try:
             added = await upsert_batch(state["pool"], events)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:  # fmt: skip
+        except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:  # fmt: skip
             _log.warning("index retry later", error=repr(exc), batch=len(events))
             raise NackMessage(delay=2.0) from exc
         _log.debug("indexed", batch=len(events), added=added)
@@ -88,7 +87,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
     async def on_ping() -> bytes:
         try:
             await state["pool"].fetchval("select 1", timeout=2.0)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return b"down: postgres unreachable"
         return b"ok"
 

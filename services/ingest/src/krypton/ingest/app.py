@@ -31,7 +31,7 @@ from krypton.db.pool import create_pool
 from krypton.ingest.pipeline import IngestPipeline, result_payload
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import StorageUnavailable
-from krypton.storage.factory import make_store
+from krypton.storage.factory import open_store
 
 __all__ = ["build_app", "main"]
 
@@ -63,7 +63,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
             settings.pg_dsn.get_secret_value(), min_size=1, max_size=8, application_name="ingest"
         )
         await apply_migrations(pool, SCHEMA, MIGRATIONS)
-        store: ObjectStore = make_store(settings.storage)
+        store: ObjectStore = await open_store(settings.storage)
         nc: Client = await connect(settings.nats_url, "ingest-publisher")
         js = nc.jetstream()
         await streams.provision(js)

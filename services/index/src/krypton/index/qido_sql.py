@@ -1,0 +1,296 @@
+"""QIDO-RS → one parameterised SQL statement, with the caller's access rule inside it.
+
+Shapes (aliases ``st`` studies, ``se`` series, ``i`` instances; series and instance searches
+join up to the study, which carries the access columns):
+
+- study: ``FROM studies st``, ordered by study date and time (newest first, nulls last), then
+  Study Instance UID; served in index order by ``studies_date_idx`` (admin) or
+  ``studies_structure_date_idx`` (producer, professional), or by a selective key's index
+  (patient ID, INS, accession, UID, trigram name).
+- series: ``FROM series se JOIN studies st``; within a study by series number then Series
+  Instance UID (``series_study_idx``); across studies, in study order first.
+- instance: ``FROM instances i JOIN series se JOIN studies st``; within a series by instance
+  number then SOP Instance UID (``instances_series_idx``); across series or studies, in the
+  parents' order first.
+
+The sort always ends with the unique key, so ``limit``/``offset`` pages are stable and never
+repeat a result. Values always travel as bind parameters; the SQL text depends only on the
+query's shape.
+
+Matching (on top of what `krypton.dicom.qido` validates):
+
+- PN without fuzzy matching: case- and accent-insensitive, on the normalised search column
+  (`store.normalise_pn` on both sides): ``hélène^marie`` equals ``HELENE^MARIE``; wildcards
+  work the same way (``dup*``).
+- PN with ``fuzzymatching=true``: every word of the value must be the prefix of a word of the
+  name, in any component and any order: ``dup`` and ``jean`` both find ``DUPONT^JEAN``.
+  A trigram-indexed regular expression per word.
+- Other text VRs: exact and case-sensitive (PS3.4), wildcards through ``LIKE``.
+- TM single values match the whole precision they name (``10`` is 10:00:00 to 10:59:59.999999).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+import asyncpg
+
+from krypton.contracts.common.v1 import Actor, RoleValues
+from krypton.contracts.index.v1 import (
+    Match,
+    MatchKindValues,
+    QidoLevelValues,
+    QidoRequest,
+    QidoResponse,
+)
+from krypton.core.errors import ValidationError
+from krypton.dicom.qido import matching_keys
+from krypton.index.render import ATTRIBUTES, render_results, return_keys
+from krypton.index.store import normalise_pn
+
+__all__ = ["MAX_LIMIT", "access_predicate", "build_qido_sql", "run_qido"]
+
+#: Largest page the index serves whatever the request says (the gateway clamps lower).
+MAX_LIMIT: Final = 5000
+
+_STUDY_ORDER: Final = "st.study_date DESC NULLS LAST, st.study_time DESC NULLS LAST, st.study_uid"
+_SERIES_ORDER: Final = "se.series_number, se.series_uid"
+_INSTANCE_ORDER: Final = "i.instance_number, i.sop_instance_uid"
+
+# PN attributes match on their normalised column, not on the stored DICOM string.
+_PN_SEARCH: Final = {
+    "PatientName": "st.patient_name_search",
+    "ReferringPhysicianName": "st.referring_physician_search",
+}
+_INT4_MAX: Final = 2**31 - 1
+
+
+def access_predicate(actor: Actor, alias: str) -> tuple[str, list[object]]:
+    """Return the SQL condition (over the studies alias `alias`) of what `actor` may see.
+
+    Admin: everything. Producer or professional: the studies of their structure. Patient: the
+    studies of their INS. Anyone else, or a role without the identifier it needs: nothing.
+    Placeholders are numbered from ``$1`` within the fragment.
+
+    This is the one place the rule lives; the access-projection work replaces its body.
+    """
+    if actor.role is RoleValues.ADMIN:
+        return "TRUE", []
+    if actor.role in (RoleValues.PRODUCER, RoleValues.PROFESSIONAL) and actor.structure:
+        return f"{alias}.structure = $1", [actor.structure]
+    if actor.role is RoleValues.PATIENT and actor.ins:
+        return f"{alias}.patient_ins = $1", [actor.ins]
+    return "FALSE", []
+
+
+class _Params:
+    """Bind parameters of the statement being built."""
+
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def add(self, value: object, cast: str = "") -> str:
+        self.values.append(value)
+        return f"${len(self.values)}{'::' + cast if cast else ''}"
+
+    def embed(self, sql: str, values: Sequence[object]) -> str:
+        """Renumber a fragment's ``$1..$n`` after the parameters already bound."""
+        shift = len(self.values)
+        self.values.extend(values)
+        return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + shift}", sql)
+
+
+def _like_pattern(value: str) -> str:
+    """DICOM wildcards → a LIKE pattern, escaping LIKE's own metacharacters."""
+    out = []
+    for ch in value:
+        if ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        elif ch in "%_\\":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _time_bounds(value: str) -> tuple[str, str]:
+    """The first and last instants a TM value covers, as ``HH:MM:SS.ffffff``."""
+    head, _, fraction = value.partition(".")
+    low = head.ljust(6, "0")
+    high = head + "5959"[: 6 - len(head)]  # "10" → "105959", "1030" → "103059"
+    seconds_low, seconds_high = min(int(low[4:6]), 59), min(int(high[4:6]), 59)  # leap second
+
+    def fmt(digits: str, seconds: int, frac: str) -> str:
+        return f"{digits[0:2]}:{digits[2:4]}:{seconds:02d}.{frac}"
+
+    return (
+        fmt(low, seconds_low, fraction.ljust(6, "0")),
+        fmt(high, seconds_high, fraction.ljust(6, "9")),
+    )
+
+
+def _match_sql(match: Match, vr: str, fuzzy: bool, params: _Params) -> str | None:
+    """SQL condition for one matching key, or None when it filters nothing."""
+    kind = match.kind
+    if kind is MatchKindValues.EMPTY:
+        return None
+    expr = ATTRIBUTES[match.keyword].expr
+    if expr is None:  # pragma: no cover - every matching key has a column (tested)
+        msg = f"{match.keyword} cannot be matched"
+        raise ValidationError(msg, field=match.keyword)
+    if vr == "PN":
+        return _pn_sql(match, fuzzy, params)
+    if match.keyword == "ModalitiesInStudy":
+        if kind is MatchKindValues.WILDCARD:
+            pattern = params.add(_like_pattern(match.values[0]))
+            return f"EXISTS (SELECT 1 FROM unnest({expr}) AS m(v) WHERE m.v LIKE {pattern})"
+        operator = "&&" if kind is MatchKindValues.LIST else "@>"
+        return f"{expr} {operator} {params.add(list(match.values), 'text[]')}"
+    if kind is MatchKindValues.LIST:
+        return f"{expr} = ANY({params.add(list(match.values), 'text[]')})"
+    if kind is MatchKindValues.WILDCARD:
+        return f"{expr} LIKE {params.add(_like_pattern(match.values[0]))}"
+    if vr == "DA":
+        return _range_sql(expr, "date", match, params)
+    if vr == "TM":
+        return _range_sql(expr, "time", match, params)
+    if vr == "IS":
+        number = int(match.values[0])
+        if abs(number) > _INT4_MAX:
+            return "FALSE"
+        return f"{expr} = {params.add(number, 'integer')}"
+    return f"{expr} = {params.add(match.values[0])}"
+
+
+def _range_sql(expr: str, cast: str, match: Match, params: _Params) -> str:
+    if match.kind is MatchKindValues.SINGLE:
+        start = end = match.values[0]
+    elif match.kind is MatchKindValues.RANGE:
+        start, end = match.values
+    else:
+        msg = f"{match.keyword} does not support {match.kind.value} matching"
+        raise ValidationError(msg, field=match.keyword)
+    if cast == "date":
+        low, high = start, end
+        if start == end:
+            return f"{expr} = {params.add(start)}::date"
+    else:
+        low = _time_bounds(start)[0] if start else ""
+        high = _time_bounds(end)[1] if end else ""
+    conditions = []
+    if low:
+        conditions.append(f"{expr} >= {params.add(low)}::{cast}")
+    if high:
+        conditions.append(f"{expr} <= {params.add(high)}::{cast}")
+    return " AND ".join(conditions)
+
+
+def _pn_sql(match: Match, fuzzy: bool, params: _Params) -> str | None:
+    column = _PN_SEARCH[match.keyword]
+    value = match.values[0] if match.values else ""
+    if fuzzy:
+        words = re.findall(r"\w+", normalise_pn(value.replace("*", " ").replace("?", " ")) or "")
+        if not words:
+            return None
+        # A word must start the name, or follow a component (^) or word (space) separator.
+        return " AND ".join(
+            f"{column} ~ {params.add('(^|[ ^])' + re.escape(word))}" for word in words
+        )
+    if match.kind is MatchKindValues.WILDCARD:
+        pattern = normalise_pn(value, keep_wildcards=True)
+        if pattern is None or not pattern.strip("*"):
+            return None
+        return f"{column} LIKE {params.add(_like_pattern(pattern))}"
+    normalised = normalise_pn(value)
+    if normalised is None:
+        return None
+    return f"{column} = {params.add(normalised)}"
+
+
+def build_qido_sql(request: QidoRequest) -> tuple[str, list[object]]:
+    """Build the statement answering `request` (its page plus one row, to tell `has_more`).
+
+    Returns:
+        The SQL text and its bind parameters.
+
+    Raises:
+        ValidationError: the query names an attribute or a matching kind the index does not
+            support at that level (the gateway's parser normally refused it already).
+    """
+    query = request.query
+    level = query.level
+    params = _Params()
+    allowed = matching_keys(level)
+    keys = return_keys(query)
+    select = ", ".join(
+        f'{ATTRIBUTES[k].expr} AS "{k}"' for k in keys if ATTRIBUTES[k].expr is not None
+    )
+    if level is QidoLevelValues.STUDY:
+        source = "index.studies st"
+        order = _STUDY_ORDER
+    elif level is QidoLevelValues.SERIES:
+        source = "index.series se JOIN index.studies st ON st.study_uid = se.study_uid"
+        order = _SERIES_ORDER if query.study_uid else f"{_STUDY_ORDER}, {_SERIES_ORDER}"
+    else:
+        source = (
+            "index.instances i JOIN index.series se ON se.series_uid = i.series_uid"
+            " JOIN index.studies st ON st.study_uid = se.study_uid"
+        )
+        if query.series_uid:
+            order = _INSTANCE_ORDER
+        elif query.study_uid:
+            order = f"{_SERIES_ORDER}, {_INSTANCE_ORDER}"
+        else:
+            order = f"{_STUDY_ORDER}, {_SERIES_ORDER}, {_INSTANCE_ORDER}"
+
+    access_sql, access_params = access_predicate(request.actor, "st")
+    conditions = [params.embed(access_sql, access_params)]
+    if query.study_uid is not None:
+        # On the table whose index drives the plan (series_study_idx for series/instances).
+        column = "st.study_uid" if level is QidoLevelValues.STUDY else "se.study_uid"
+        conditions.append(f"{column} = {params.add(query.study_uid)}")
+    if query.series_uid is not None:
+        conditions.append(f"i.series_uid = {params.add(query.series_uid)}")
+    for match in query.matches:
+        vr = allowed.get(match.keyword)
+        if vr is None:
+            msg = f"{match.keyword} is not a matching key for a {level.value} search"
+            raise ValidationError(msg, field=match.keyword)
+        condition = _match_sql(match, vr, query.fuzzy, params)
+        if condition:
+            conditions.append(condition)
+
+    limit = max(0, min(query.limit, MAX_LIMIT))
+    sql = (
+        f"SELECT {select} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY {order}"
+        f" LIMIT {params.add(limit + 1)} OFFSET {params.add(max(0, query.offset))}"
+    )
+    return sql, params.values
+
+
+async def run_qido(pool: asyncpg.Pool, request: QidoRequest) -> QidoResponse:
+    """Answer a QIDO-RS request with one SQL statement.
+
+    Results the actor may not see are filtered inside the statement: a study, series or
+    instance they cannot see gives the same empty answer as one that does not exist.
+
+    Returns:
+        200 with the DICOM JSON array (possibly empty); 400 when the query cannot be run;
+        503 when the statement hit the server's statement timeout.
+    """
+    try:
+        sql, params = build_qido_sql(request)
+    except ValidationError as exc:
+        return QidoResponse(status=400, reason=exc.reason)
+    try:
+        rows = await pool.fetch(sql, *params)
+    except asyncpg.QueryCanceledError:
+        return QidoResponse(status=503, reason="the search took too long; narrow it down")
+    limit = max(0, min(request.query.limit, MAX_LIMIT))
+    page = rows[:limit]
+    body = render_results(request.query, page, base_url=request.base_url)
+    return QidoResponse(status=200, body=body, count=len(page), has_more=len(rows) > limit)

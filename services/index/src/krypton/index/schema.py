@@ -1,0 +1,24 @@
+"""The index service's PostgreSQL schema: its name and its migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+
+from krypton.db.migrations import Migration, apply_migrations
+
+__all__ = ["MIGRATIONS_DIR", "SCHEMA", "migrate"]
+
+SCHEMA: Final = "index"
+MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
+
+
+async def migrate(pool: asyncpg.Pool | asyncpg.Connection) -> list[Migration]:
+    """Bring the ``index`` schema up to date; safe to call from every replica at start-up.
+
+    Returns:
+        The migrations this call applied.
+    """
+    return await apply_migrations(pool, SCHEMA, MIGRATIONS_DIR)
