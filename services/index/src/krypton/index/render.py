@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, time
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -31,6 +31,7 @@ __all__ = [
     "SERIES_REQUIRED",
     "STUDY_REQUIRED",
     "Attribute",
+    "Row",
     "render_results",
     "return_keys",
 ]
@@ -39,6 +40,12 @@ _STUDY = QidoLevelValues.STUDY
 _SERIES = QidoLevelValues.SERIES
 _INSTANCE = QidoLevelValues.INSTANCE
 _DEPTH: Final = {_STUDY: 0, _SERIES: 1, _INSTANCE: 2}
+
+
+class Row(Protocol):
+    """A result row keyed by keyword (an ``asyncpg.Record`` or a dict)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +184,14 @@ def _formatter(attribute: Attribute) -> Callable[[Any], list[Any]]:
         return _multi
     if attribute.keyword == "SpecificCharacterSet":
         return _charset
-    return {"DA": _da, "TM": _tm, "PN": _pn}.get(attribute.vr, _scalar)
+    formatters: dict[str, Callable[[Any], list[Any]]] = {"DA": _da, "TM": _tm, "PN": _pn}
+    return formatters.get(attribute.vr, _scalar)
 
 
 _FORMATTERS: Final = {a.keyword: _formatter(a) for a in _TABLE}
 
 
-def _retrieve_url(base_url: str, level: QidoLevelValues, row: Mapping[str, Any]) -> str:
+def _retrieve_url(base_url: str, level: QidoLevelValues, row: Row) -> str:
     url = f"{base_url}/studies/{row['StudyInstanceUID']}"
     if level is not _STUDY:
         url += f"/series/{row['SeriesInstanceUID']}"
@@ -192,9 +200,7 @@ def _retrieve_url(base_url: str, level: QidoLevelValues, row: Mapping[str, Any])
     return url
 
 
-def render_results(
-    query: QidoQuery, rows: Sequence[Mapping[str, Any]], *, base_url: str | None = None
-) -> bytes:
+def render_results(query: QidoQuery, rows: Sequence[Row], *, base_url: str | None = None) -> bytes:
     """Encode result rows (keyed by keyword, as `qido_sql` selects them) as a DICOM JSON array.
 
     Args:

@@ -378,15 +378,16 @@ async def upsert_batch(pool: asyncpg.Pool, events: Sequence[InstanceStored]) -> 
     if not events:
         return 0
     batch = _merge(events)
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             async with pool.acquire() as conn, conn.transaction():
                 return await _write(conn, batch)
         except _RETRYABLE:
             if attempt == _MAX_ATTEMPTS:
                 raise
-            await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+            await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)  # jitter only
+            attempt += 1
 
 
 async def _write(conn: asyncpg.pool.PoolConnectionProxy, batch: _Batch) -> int:
