@@ -61,9 +61,14 @@ async def wait_for(
     deadline = time.monotonic() + timeout
     found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        found = await qido(client, url, path, headers, **params)
-        if len(found) >= expected:
-            return found
+        response = await client.get(f"{url}/{path}", params=params, headers=headers)
+        if response.status_code == 503:  # index restarting: the gateway says retry
+            assert "retry-after" in response.headers
+        else:
+            assert response.status_code == 200, response.text
+            found = response.json()
+            if len(found) >= expected:
+                return found
         await asyncio.sleep(0.1)
     return found
 

@@ -68,7 +68,7 @@ def discover_migrations(migrations_dir: Path) -> list[Migration]:
 
 
 async def apply_migrations(
-    pool_or_conn: asyncpg.Pool | asyncpg.Connection,
+    pool_or_conn: asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     schema: str,
     migrations_dir: Path,
 ) -> list[Migration]:

@@ -14,6 +14,7 @@ inflate for the Deflated transfer syntax (`dcmread` inflates the whole remainder
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
@@ -213,17 +214,7 @@ def read_header(
                 FailureReasonValues.CANNOT_UNDERSTAND, _describe(prefix, exc)
             ) from exc
     notes = tuple(dict.fromkeys(str(w.message) for w in caught))
-    if notes:
-        return Header(
-            dataset=header.dataset,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            header_length=header.header_length,
-            size=header.size,
-            has_pixel_data=header.has_pixel_data,
-            pixel_data=header.pixel_data,
-            notes=header.notes + notes,
-        )
-    return header
+    return dataclasses.replace(header, notes=header.notes + notes) if notes else header
 
 
 def _read(
@@ -506,8 +497,9 @@ def _top_level_raw(dataset: Dataset) -> list[RawDataElement]:
     """The elements of `dataset` that pydicom has not converted yet (no value decoding)."""
     found: list[RawDataElement] = []
     for tag in list(dataset.keys()):
-        # get_item never converts; pydicom types it as returning DataElement only.
-        element: object = dataset.get_item(tag)
+        # keep_deferred: do not load deferred values just to look at their lengths; pydicom
+        # types get_item as returning DataElement only.
+        element: object = dataset.get_item(tag, keep_deferred=True)
         if isinstance(element, RawDataElement):
             found.append(element)
     return found

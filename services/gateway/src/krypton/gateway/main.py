@@ -7,6 +7,7 @@ import uvicorn
 from krypton.core.logging import configure_logging
 from krypton.core.settings import KryptonSettings
 from krypton.gateway.app import create_app
+from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["main"]
 
@@ -15,6 +16,7 @@ def main() -> None:
     """Serve on KRYPTON_HTTP_HOST:KRYPTON_HTTP_PORT."""
     settings = KryptonSettings()
     configure_logging("gateway", settings.log_level, settings.log_json)
+    setup_telemetry("gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,

@@ -30,6 +30,7 @@ from krypton.db.pool import create_pool
 from krypton.index.qido_sql import run_qido
 from krypton.index.schema import migrate
 from krypton.index.store import upsert_batch
+from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["build_app", "main"]
 
@@ -99,6 +100,7 @@ def main() -> None:
     """Entry point: `python -m krypton.index`."""
     settings = KryptonSettings()
     configure_logging("index", settings.log_level, settings.log_json)
+    setup_telemetry("index")
     app, _ = build_app(settings)
     asyncio.run(app.run())
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import date, time
 from typing import Final
 
 import asyncpg
@@ -48,7 +49,7 @@ from krypton.contracts.index.v1 import (
 from krypton.core.errors import ValidationError
 from krypton.dicom.qido import matching_keys
 from krypton.index.render import ATTRIBUTES, render_results, return_keys
-from krypton.index.store import normalise_pn
+from krypton.index.store import normalise_pn, parse_da
 
 __all__ = ["MAX_LIMIT", "access_predicate", "build_qido_sql", "run_qido"]
 
@@ -65,6 +66,7 @@ _PN_SEARCH: Final = {
     "ReferringPhysicianName": "st.referring_physician_search",
 }
 _INT4_MAX: Final = 2**31 - 1
+_TM_RE: Final = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$")
 
 
 def access_predicate(actor: Actor, alias: str) -> tuple[str, list[object]]:
@@ -117,20 +119,24 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def _time_bounds(value: str) -> tuple[str, str]:
-    """The first and last instants a TM value covers, as ``HH:MM:SS.ffffff``."""
-    head, _, fraction = value.partition(".")
-    low = head.ljust(6, "0")
-    high = head + "5959"[: 6 - len(head)]  # "10" → "105959", "1030" → "103059"
-    seconds_low, seconds_high = min(int(low[4:6]), 59), min(int(high[4:6]), 59)  # leap second
-
-    def fmt(digits: str, seconds: int, frac: str) -> str:
-        return f"{digits[0:2]}:{digits[2:4]}:{seconds:02d}.{frac}"
-
-    return (
-        fmt(low, seconds_low, fraction.ljust(6, "0")),
-        fmt(high, seconds_high, fraction.ljust(6, "9")),
-    )
+def _time_bound(value: str, *, upper: bool) -> time | None:
+    """The first (or last) instant a TM value covers: ``10`` spans 10:00:00 to 10:59:59.999999."""
+    match = _TM_RE.match(value)
+    if match is None:
+        return None
+    hour = int(match.group(1))
+    parts = [match.group(2), match.group(3)]
+    filler = 59 if upper else 0
+    minute, second = (int(p) if p is not None else filler for p in parts)
+    fraction = match.group(4)
+    if fraction is None:
+        micro = 999999 if upper else 0
+    else:
+        micro = int(fraction.ljust(6, "9" if upper else "0"))
+    try:
+        return time(hour, minute, min(second, 59), micro)  # 60 is a leap second
+    except ValueError:
+        return None
 
 
 def _match_sql(match: Match, vr: str, fuzzy: bool, params: _Params) -> str | None:
@@ -138,12 +144,20 @@ def _match_sql(match: Match, vr: str, fuzzy: bool, params: _Params) -> str | Non
     kind = match.kind
     if kind is MatchKindValues.EMPTY:
         return None
+    if not match.values or any(not isinstance(v, str) for v in match.values):
+        msg = f"{match.keyword} has no value to match"
+        raise ValidationError(msg, field=match.keyword)
     expr = ATTRIBUTES[match.keyword].expr
     if expr is None:  # pragma: no cover - every matching key has a column (tested)
         msg = f"{match.keyword} cannot be matched"
         raise ValidationError(msg, field=match.keyword)
     if vr == "PN":
         return _pn_sql(match, fuzzy, params)
+    if vr in ("DA", "TM"):
+        return _range_sql(expr, vr, match, params)
+    if vr in ("IS", "UI") and kind is MatchKindValues.WILDCARD:
+        msg = f"{match.keyword} does not support wildcard matching"
+        raise ValidationError(msg, field=match.keyword)
     if match.keyword == "ModalitiesInStudy":
         if kind is MatchKindValues.WILDCARD:
             pattern = params.add(_like_pattern(match.values[0]))
@@ -154,39 +168,47 @@ def _match_sql(match: Match, vr: str, fuzzy: bool, params: _Params) -> str | Non
         return f"{expr} = ANY({params.add(list(match.values), 'text[]')})"
     if kind is MatchKindValues.WILDCARD:
         return f"{expr} LIKE {params.add(_like_pattern(match.values[0]))}"
-    if vr == "DA":
-        return _range_sql(expr, "date", match, params)
-    if vr == "TM":
-        return _range_sql(expr, "time", match, params)
     if vr == "IS":
-        number = int(match.values[0])
+        try:
+            number = int(match.values[0])
+        except ValueError:
+            msg = f"{match.keyword} must be an integer"
+            raise ValidationError(msg, field=match.keyword) from None
         if abs(number) > _INT4_MAX:
             return "FALSE"
         return f"{expr} = {params.add(number, 'integer')}"
     return f"{expr} = {params.add(match.values[0])}"
 
 
-def _range_sql(expr: str, cast: str, match: Match, params: _Params) -> str:
+def _range_sql(expr: str, vr: str, match: Match, params: _Params) -> str | None:
+    """DA/TM single value or range; a TM covers the whole precision it names."""
     if match.kind is MatchKindValues.SINGLE:
         start = end = match.values[0]
-    elif match.kind is MatchKindValues.RANGE:
+    elif match.kind is MatchKindValues.RANGE and len(match.values) == 2:
         start, end = match.values
     else:
         msg = f"{match.keyword} does not support {match.kind.value} matching"
         raise ValidationError(msg, field=match.keyword)
-    if cast == "date":
-        low, high = start, end
-        if start == end:
-            return f"{expr} = {params.add(start)}::date"
+    low: date | time | None
+    high: date | time | None
+    if vr == "DA":
+        low, high = parse_da(start), parse_da(end)
+        cast = "date"
     else:
-        low = _time_bounds(start)[0] if start else ""
-        high = _time_bounds(end)[1] if end else ""
+        low = _time_bound(start, upper=False) if start else None
+        high = _time_bound(end, upper=True) if end else None
+        cast = "time"
+    if (start and low is None) or (end and high is None):
+        msg = f"{match.keyword} has an invalid value"
+        raise ValidationError(msg, field=match.keyword)
+    if vr == "DA" and match.kind is MatchKindValues.SINGLE:
+        return f"{expr} = {params.add(low, cast)}"
     conditions = []
-    if low:
-        conditions.append(f"{expr} >= {params.add(low)}::{cast}")
-    if high:
-        conditions.append(f"{expr} <= {params.add(high)}::{cast}")
-    return " AND ".join(conditions)
+    if low is not None:
+        conditions.append(f"{expr} >= {params.add(low, cast)}")
+    if high is not None:
+        conditions.append(f"{expr} <= {params.add(high, cast)}")
+    return " AND ".join(conditions) or None
 
 
 def _pn_sql(match: Match, fuzzy: bool, params: _Params) -> str | None:

@@ -15,7 +15,9 @@ SCHEMA: Final = "index"
 MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 
 
-async def migrate(pool: asyncpg.Pool | asyncpg.Connection) -> list[Migration]:
+async def migrate(
+    pool: asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+) -> list[Migration]:
     """Bring the ``index`` schema up to date; safe to call from every replica at start-up.
 
     Returns:

@@ -36,6 +36,7 @@ from krypton.contracts.ingest.v1 import InstanceStored
 __all__ = ["normalise_pn", "parse_da", "parse_tm", "upsert_batch"]
 
 _MAX_ATTEMPTS: Final = 5
+_INT4_MAX: Final = 2**31 - 1
 _RETRYABLE: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 # Letters that NFKD does not decompose into a base letter plus marks.
@@ -113,11 +114,18 @@ def _parse_instant(value: str) -> datetime:
 
 
 def _clean(value: str | None) -> str | None:
-    """Strip DICOM padding; an empty value is no value."""
+    """Strip DICOM padding (and any NUL, which PostgreSQL text refuses); empty is no value."""
     if value is None:
         return None
-    value = value.strip(" \x00")
+    value = value.replace("\x00", "").strip()
     return value or None
+
+
+def _int4(value: int | None) -> int | None:
+    """An integer attribute outside PostgreSQL's integer range is dropped, not fatal."""
+    if value is None or -_INT4_MAX - 1 <= value <= _INT4_MAX:
+        return value
+    return None
 
 
 @dataclass
@@ -290,7 +298,7 @@ def _series_values(event: InstanceStored) -> dict[str, Any]:
         "study_uid": event.study.study_uid,
         "structure": event.structure,
         "modality": _clean(series.modality),
-        "series_number": series.series_number,
+        "series_number": _int4(series.series_number),
         "series_description": _clean(series.series_description),
         "series_date": parse_da(series.series_date),
         "series_time": parse_tm(series.series_time),
@@ -312,11 +320,11 @@ def _instance_values(event: InstanceStored) -> dict[str, Any]:
         "structure": event.structure,
         "sop_class_uid": instance.sop_class_uid,
         "transfer_syntax_uid": instance.transfer_syntax_uid,
-        "instance_number": instance.instance_number,
-        "rows": instance.rows,
-        "columns": instance.columns,
-        "bits_allocated": instance.bits_allocated,
-        "number_of_frames": instance.number_of_frames,
+        "instance_number": _int4(instance.instance_number),
+        "rows": _int4(instance.rows),
+        "columns": _int4(instance.columns),
+        "bits_allocated": _int4(instance.bits_allocated),
+        "number_of_frames": _int4(instance.number_of_frames),
         "photometric_interpretation": _clean(instance.photometric_interpretation),
         "content_date": parse_da(instance.content_date),
         "content_time": parse_tm(instance.content_time),

@@ -26,6 +26,7 @@ from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import IngestReceived
 from krypton.core.logging import configure_logging, get_logger
 from krypton.core.settings import KryptonSettings
+from krypton.telemetry.setup import setup_telemetry
 from krypton.db.migrations import apply_migrations
 from krypton.db.pool import create_pool
 from krypton.ingest.pipeline import IngestPipeline, result_payload
@@ -107,6 +108,7 @@ def main() -> None:
     """Entry point: `python -m krypton.ingest`."""
     settings = KryptonSettings()
     configure_logging("ingest", settings.log_level, settings.log_json)
+    setup_telemetry("ingest")
     app, _ = build_app(settings)
     asyncio.run(app.run())
 
