@@ -11,7 +11,9 @@ from krypton.cli.supervisor import Supervisor
 async def test_a_child_that_exits_is_restarted_and_stop_terminates_the_rest(capsys) -> None:  # type: ignore[no-untyped-def]
     supervisor = Supervisor(colour=False)
     supervisor.add("quitter", [sys.executable, "-c", "print('hello'); raise SystemExit(3)"])
-    supervisor.add("sleeper", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    supervisor.add(
+        "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    )
     await supervisor.start()
     for _ in range(100):
         if supervisor.children["quitter"].restarts >= 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from krypton.core.settings import AuthSettings
 
 async def test_token_command_mints_a_verifiable_professional_token(tmp_path: Path) -> None:
     issuer = "http://127.0.0.1:8081"
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "krypton.cli.main", "--state-dir", str(tmp_path), "token",
          "--role", "professional", "--sub", "810001234567", "--structure", "330781196"],
         check=True, capture_output=True, text=True,

@@ -95,8 +95,18 @@ class Platform:
         python = sys.executable
         self.supervisor.add(
             "issuer",
-            [python, "-m", "krypton.cli.main", "--state-dir", str(self.state_dir),
-             "--issuer-port", str(self.issuer_port), "issuer", "--port", str(self.issuer_port)],
+            [
+                python,
+                "-m",
+                "krypton.cli.main",
+                "--state-dir",
+                str(self.state_dir),
+                "--issuer-port",
+                str(self.issuer_port),
+                "issuer",
+                "--port",
+                str(self.issuer_port),
+            ],
             env,
         )
         for name in SERVICES:

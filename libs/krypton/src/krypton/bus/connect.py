@@ -46,6 +46,6 @@ def make_broker(url: str, name: str) -> NatsBroker:
         name=name,
         serializer=MsgSpecSerializer(),
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         logger=get_logger(f"krypton.{name}.broker"),
     )

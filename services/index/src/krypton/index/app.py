@@ -1,26 +1,24 @@
 """The index service: the searchable read model of every stored instance, and QIDO-RS answers.
 
-Consumes `instance.stored.*` in batches with the durable pull consumer `index` (idempotent
-upserts: redelivery never double-counts), and answers `svc.index.qido` requests in the queue
+Consumes `instance.stored.*` in batches with the durable pull consumer `index` (nats-py batch
+loop, see `krypton.bus.consumer`; idempotent upserts: redelivery never double-counts), and answers `svc.index.qido` requests in the queue
 group `index` so N replicas share searches. Run it with `krypton run index`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
 from faststream import FastStream
-from faststream.exceptions import NackMessage
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsResponse, PullSub
+from faststream.nats import NatsBroker, NatsResponse
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig
 
 from krypton.bus import streams
 from krypton.bus.connect import connect, make_broker
+from krypton.bus.consumer import BatchConsumer, TransientError
 from krypton.contracts import subjects
 from krypton.contracts.index.v1 import QidoRequest, QidoResponse
 from krypton.contracts.ingest.v1 import InstanceStored
@@ -35,6 +33,14 @@ from krypton.telemetry.setup import setup_telemetry
 __all__ = ["build_app", "main"]
 
 _log = get_logger("krypton.index")
+_TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.QueryCanceledError,
+)
 
 
 def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
@@ -48,31 +54,35 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
             settings.pg_dsn.get_secret_value(), min_size=2, max_size=10, application_name="index"
         )
         await migrate(pool)
-        nc: Client = await connect(settings.nats_url, "index-provision")
-        await streams.provision(nc.jetstream())
-        await nc.close()
+        nc: Client = await connect(settings.nats_url, "index-consumer")
+        js = nc.jetstream()
+        await streams.provision(js)
         state["pool"] = pool
+
+        async def index_batch(events: Sequence[InstanceStored]) -> None:
+            try:
+                added = await upsert_batch(pool, events)
+            except _TRANSIENT as exc:
+                raise TransientError(repr(exc)) from exc
+            _log.debug("indexed", batch=len(events), added=added)
+
+        consumer = BatchConsumer(
+            js=js,
+            stream=subjects.INSTANCES_STREAM,
+            subject=f"{subjects.INSTANCE_STORED}.*",
+            durable="index",
+            type_=InstanceStored,
+            handler=index_batch,
+            batch=settings.index_batch_size,
+        )
+        await consumer.start()
         _log.info("index ready")
         try:
             yield
         finally:
+            await consumer.stop()
+            await nc.drain()
             await pool.close()
-
-    @broker.subscriber(
-        f"{subjects.INSTANCE_STORED}.*",
-        stream=JStream(name=subjects.INSTANCES_STREAM, declare=False),
-        durable="index",
-        config=ConsumerConfig(ack_wait=120, max_ack_pending=4 * settings.index_batch_size),
-        pull_sub=PullSub(batch_size=settings.index_batch_size, timeout=0.05, batch=True),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
-    async def on_stored(events: list[InstanceStored]) -> None:
-        try:
-            added = await upsert_batch(state["pool"], events)
-        except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:  # fmt: skip
-            _log.warning("index retry later", error=repr(exc), batch=len(events))
-            raise NackMessage(delay=2.0) from exc
-        _log.debug("indexed", batch=len(events), added=added)
 
     @broker.subscriber(subjects.SVC_INDEX_QIDO, queue="index")
     async def on_qido(request: QidoRequest) -> NatsResponse:

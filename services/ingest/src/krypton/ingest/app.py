@@ -16,7 +16,7 @@ import asyncpg
 from faststream import FastStream
 from faststream.exceptions import NackMessage
 from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 
@@ -26,13 +26,13 @@ from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import IngestReceived
 from krypton.core.logging import configure_logging, get_logger
 from krypton.core.settings import KryptonSettings
-from krypton.telemetry.setup import setup_telemetry
 from krypton.db.migrations import apply_migrations
 from krypton.db.pool import create_pool
 from krypton.ingest.pipeline import IngestPipeline, result_payload
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import StorageUnavailable
 from krypton.storage.factory import open_store
+from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["build_app", "main"]
 
@@ -51,6 +51,13 @@ _TRANSIENT = (
     asyncpg.exceptions.CannotConnectNowError,
     StorageUnavailable,
 )
+
+
+async def _heartbeat(message: NatsMessage, every: float = 10.0) -> None:
+    """Tell JetStream the upload is still being worked on (large objects, slow stores)."""
+    while True:
+        await asyncio.sleep(every)
+        await message.raw_message.in_progress()
 
 
 def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
@@ -82,19 +89,24 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         f"{subjects.INGEST_RECEIVED}.*",
         stream=JStream(name=subjects.INGEST_STREAM, declare=False),
         durable="ingest",
-        config=ConsumerConfig(ack_wait=300, max_ack_pending=4 * settings.ingest_concurrency),
+        # A crashed replica's uploads come back after 30 s; long work keeps its claim alive with
+        # in-progress heartbeats (see `_heartbeat`).
+        config=ConsumerConfig(ack_wait=30, max_ack_pending=4 * settings.ingest_concurrency),
         pull_sub=PullSub(batch_size=settings.ingest_concurrency, timeout=1.0),
         max_workers=settings.ingest_concurrency,
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def on_received(event: IngestReceived) -> None:
+    async def on_received(event: IngestReceived, message: NatsMessage) -> None:
         pipeline = state["pipeline"]
         assert isinstance(pipeline, IngestPipeline)
+        heartbeat = asyncio.create_task(_heartbeat(message))
         try:
             outcome = await pipeline.process(event)
         except _TRANSIENT as exc:
             _log.warning("ingest retry later", error=repr(exc), staging_key=event.staging_key)
             raise NackMessage(delay=2.0) from exc
+        finally:
+            heartbeat.cancel()
         if event.reply_to:
             nc = state["nc"]
             assert isinstance(nc, Client)

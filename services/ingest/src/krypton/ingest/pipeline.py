@@ -35,6 +35,8 @@ from krypton.storage.keys import instance_key, quarantine_key
 
 __all__ = ["IngestPipeline", "Outcome"]
 
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 _log = get_logger("krypton.ingest")
 
 # Most headers fit in the first 2 MiB; a larger one is read again with a larger window.
@@ -181,7 +183,7 @@ class IngestPipeline:
 
     @staticmethod
     async def _record(
-        conn: asyncpg.Connection, event: IngestReceived, stored: InstanceStored, outcome: str
+        conn: Connection, event: IngestReceived, stored: InstanceStored, outcome: str
     ) -> None:
         await conn.execute(
             """insert into ingest.uploads (staging_key, outcome, sop_instance_uid, sop_class_uid,

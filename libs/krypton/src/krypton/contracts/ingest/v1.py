@@ -9,12 +9,12 @@ from krypton.contracts.common.v1 import Actor
 __all__ = [
     "IngestReceived",
     "IngestResult",
+    "InstanceAttributes",
     "InstanceRejected",
     "InstanceStored",
     "PatientIdentity",
     "SeriesAttributes",
     "StudyAttributes",
-    "InstanceAttributes",
 ]
 
 
