@@ -81,6 +81,8 @@ class Platform:
             "KRYPTON_AUTH__ISSUERS": json.dumps([self.issuer_url]),
             "KRYPTON_LOG_LEVEL": self.config.log_level,
             "KRYPTON_STATE_DIR": str(self.state_dir),
+            # Children write to a pipe; a person at a terminal still wants readable lines.
+            "KRYPTON_LOG_JSON": "false" if sys.stdout.isatty() else "true",
         }
         env.update(self.config.extra_env)
         return env

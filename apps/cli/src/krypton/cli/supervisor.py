@@ -50,7 +50,8 @@ class Supervisor:
         return child
 
     def _prefix(self, name: str) -> str:
-        index = list(self.children).index(name) % len(_COLOURS)
+        names = list(self.children)
+        index = (names.index(name) if name in names else len(names)) % len(_COLOURS)
         label = f"{name:<{self._width}} |"
         return f"\x1b[{_COLOURS[index]}m{label}\x1b[0m " if self._colour else f"{label} "
 

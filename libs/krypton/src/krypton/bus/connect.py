@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import nats
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
@@ -48,4 +50,6 @@ def make_broker(url: str, name: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         logger=get_logger(f"krypton.{name}.broker"),
+        # One "Received"/"Processed" pair per message is debugging detail, not an operator's log.
+        log_level=logging.DEBUG,
     )

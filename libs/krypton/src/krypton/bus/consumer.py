@@ -77,7 +77,7 @@ class BatchConsumer(Generic[T]):
         while not self._stopping:
             try:
                 msgs = await sub.fetch(self.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # nothing to fetch right now
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                     nats.errors.NoRespondersError, OSError) as exc:  # fmt: skip
