@@ -24,6 +24,7 @@ __all__ = ["load_demo"]
 # pydicom's own files are stored as coming from this structure (CHU de Bordeaux's FINESS).
 PYDICOM_STRUCTURE = "330781196"
 _CONCURRENCY = 4
+_ATTEMPTS = 6
 
 
 def _multipart(parts: Sequence[bytes]) -> tuple[bytes, str]:
@@ -43,11 +44,16 @@ async def _stow(
     client: httpx.AsyncClient, url: str, token: str, parts: Sequence[bytes]
 ) -> tuple[int, int]:
     body, content_type = _multipart(parts)
-    response = await client.post(
-        f"{url}/dicomweb/studies",
-        content=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
-    )
+    for _attempt in range(_ATTEMPTS):
+        response = await client.post(
+            f"{url}/dicomweb/studies",
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+        )
+        if response.status_code != 503:
+            break
+        # The platform asks to come back later (e.g. a service restarting): resending is safe.
+        await asyncio.sleep(float(response.headers.get("retry-after", "2")))
     if response.status_code not in (200, 202, 409):
         msg = f"STOW-RS answered {response.status_code}: {response.text[:300]}"
         raise RuntimeError(msg)

@@ -39,53 +39,67 @@ async def run_up(args: argparse.Namespace, state_dir: Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await platform.start()
+        _announce(platform, state_dir)
+        demo = _start_demo(args, platform, state_dir) if args.demo else None
+        await stop.wait()
+        if demo is not None and not demo.done():
+            demo.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo
     except Exception as exc:
         sys.stderr.write(f"krypton up failed: {exc}\n")
-        await platform.stop()
         return 1
+    finally:
+        platform.supervisor.echo("krypton", "stopping...")
+        await platform.stop()
+    return 0
+
+
+def _announce(platform: Platform, state_dir: Path) -> None:
     from krypton.auth.dev_issuer import DevIssuer
 
     issuer = DevIssuer(state_dir / "issuer", platform.issuer_url)
     token = issuer.mint(role="admin", sub="admin-demo", name="Demo Administrator", ttl=12 * 3600)
-    platform.supervisor.echo(
-        "krypton",
-        "\n".join(
-            [
-                "",
-                "Krypton is up.",
-                f"  DICOMweb root (QIDO/STOW): {platform.dicomweb_url}",
-                f"  API docs:                  {platform.base_url}/api/docs",
-                f"  Token issuer (OIDC):       {platform.issuer_url}",
-                "  Admin token (12 h), send as 'Authorization: Bearer <token>':",
-                f"    {token}",
-                "  Other tokens: uv run krypton token --role professional --sub 810001234567 "
-                "--structure 330781196",
-                f"  Try: curl -H 'Authorization: Bearer <token>' {platform.dicomweb_url}/studies",
-                "  Ctrl-C stops everything; data stays in " + str(state_dir),
-                "",
-            ]
-        ),
-    )
-    demo: asyncio.Task[int] | None = None
-    if args.demo:
-        from krypton.cli.demo import load_demo
+    lines = [
+        "",
+        "Krypton is up.",
+        f"  DICOMweb root (QIDO/STOW): {platform.dicomweb_url}",
+        f"  API docs:                  {platform.base_url}/api/docs",
+        f"  Token issuer (OIDC):       {platform.issuer_url}",
+        "  Admin token (12 h), send as 'Authorization: Bearer <token>':",
+        f"    {token}",
+        "  Other tokens: .tools/bin/uv run krypton token --role professional "
+        "--sub 810001234567 --structure 330781196",
+        f"  Try: curl -H 'Authorization: Bearer <token>' {platform.dicomweb_url}/studies",
+        f"  Ctrl-C stops everything; data stays in {state_dir}",
+        "",
+    ]
+    platform.supervisor.echo("krypton", "\n".join(lines))
 
-        demo = asyncio.create_task(
-            load_demo(
-                base_url=platform.base_url,
-                state_dir=state_dir,
-                issuer_url=platform.issuer_url,
-                patients=args.patients,
-                seed=20261123,
-                with_pydicom_files=True,
-                echo=lambda line: platform.supervisor.echo("demo", line),
-            )
+
+def _start_demo(args: argparse.Namespace, platform: Platform, state_dir: Path) -> asyncio.Task[int]:
+    from krypton.cli.demo import load_demo
+
+    def echo(line: str) -> None:
+        platform.supervisor.echo("demo", line)
+
+    task = asyncio.create_task(
+        load_demo(
+            base_url=platform.base_url,
+            state_dir=state_dir,
+            issuer_url=platform.issuer_url,
+            patients=args.patients,
+            seed=20261123,
+            with_pydicom_files=True,
+            echo=echo,
         )
-    await stop.wait()
-    if demo is not None and not demo.done():
-        demo.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await demo
-    platform.supervisor.echo("krypton", "stopping...")
-    await platform.stop()
-    return 0
+    )
+
+    def report(done: asyncio.Task[int]) -> None:
+        if done.cancelled():
+            return
+        if (exc := done.exception()) is not None:
+            echo(f"demo data load failed: {exc!r}")
+
+    task.add_done_callback(report)
+    return task

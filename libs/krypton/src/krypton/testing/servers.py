@@ -18,6 +18,7 @@ __all__ = [
     "NatsServer",
     "S3Server",
     "free_port",
+    "port_in_use",
     "start_nats",
     "start_postgres",
     "start_s3",
@@ -31,6 +32,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on `host:port` right now."""
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
 
 
 def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
