@@ -81,7 +81,9 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
             yield
         finally:
             await consumer.stop()
-            await nc.drain()
+            # close, not drain: acks went out inline, and draining a pull subscription waits
+            # for its drain timeout (30 s) on the fetch inbox.
+            await nc.close()
             await pool.close()
 
     @broker.subscriber(subjects.SVC_INDEX_QIDO, queue="index")
