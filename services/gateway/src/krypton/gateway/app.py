@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats.errors
@@ -17,20 +17,19 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from krypton.auth.errors import AuthenticationError, JwksUnavailableError, PermissionDenied
 from krypton.auth.jwks import JwksCache
 from krypton.auth.verify import TokenVerifier
 from krypton.bus import streams
 from krypton.bus.connect import connect
 from krypton.contracts import subjects
-from krypton.contracts.common.v1 import Actor
 from krypton.contracts.index.v1 import QidoLevelValues
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
+from krypton.gateway import routes_audit, routes_policy, routes_wado
 from krypton.gateway.context import GatewayContext, VerdictWaiter
 from krypton.gateway.problems import problem
 from krypton.gateway.qido import search
-from krypton.gateway.security import authenticate
+from krypton.gateway.security import context_of, guarded
 from krypton.gateway.stow import store_instances
 from krypton.storage.factory import open_store
 
@@ -38,8 +37,6 @@ __all__ = ["create_app"]
 
 _log = get_logger("krypton.gateway")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-Handler = Callable[[Request, GatewayContext, Actor], Awaitable[Response]]
 
 
 def _bad_uid(*uids: str | None) -> Response | None:
@@ -86,33 +83,13 @@ def create_app(settings: KryptonSettings) -> FastAPI:
         redoc_url=None,
     )
 
-    def ctx_of(request: Request) -> GatewayContext:
-        ctx = request.app.state.ctx
-        assert isinstance(ctx, GatewayContext)
-        return ctx
-
-    async def guarded(request: Request, handler: Handler) -> Response:
-        ctx = ctx_of(request)
-        try:
-            actor = await authenticate(request, ctx)
-        except AuthenticationError as exc:
-            return problem(401, exc.reason, headers={"WWW-Authenticate": exc.www_authenticate})
-        except JwksUnavailableError:
-            return problem(
-                503, "token issuer keys unavailable; retry later", headers={"Retry-After": "5"}
-            )
-        try:
-            return await handler(request, ctx, actor)
-        except PermissionDenied as exc:
-            return problem(403, exc.reason)
-
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
-        ctx = ctx_of(request)
+        ctx = context_of(request)
         checks: dict[str, str] = {}
         checks["nats"] = "ok" if ctx.nc.is_connected else "down"
         try:
@@ -173,4 +150,7 @@ def create_app(settings: KryptonSettings) -> FastAPI:
             request, lambda r, c, a: search(r, c, a, QidoLevelValues.INSTANCE, study, series)
         )
 
+    # Feature routers: retrieval (WADO-RS), access policy APIs, audit APIs.
+    for module in (routes_wado, routes_policy, routes_audit):
+        app.include_router(module.router)
     return app

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import msgspec
 from starlette.requests import Request
+from starlette.responses import Response
 
-from krypton.auth.errors import AuthenticationError
+from krypton.auth.errors import AuthenticationError, JwksUnavailableError, PermissionDenied
 from krypton.contracts.common.v1 import Actor
 from krypton.gateway.context import GatewayContext
+from krypton.gateway.problems import problem
 
-__all__ = ["authenticate"]
+__all__ = ["Handler", "authenticate", "context_of", "guarded"]
+
+Handler = Callable[[Request, GatewayContext, Actor], Awaitable[Response]]
+
+
+def context_of(request: Request) -> GatewayContext:
+    """The gateway's lifetime resources."""
+    ctx = request.app.state.ctx
+    assert isinstance(ctx, GatewayContext)
+    return ctx
+
+
+async def guarded(request: Request, handler: Handler) -> Response:
+    """Authenticate the caller, then run `handler`; clean 401/403/503 problem answers."""
+    ctx = context_of(request)
+    try:
+        actor = await authenticate(request, ctx)
+    except AuthenticationError as exc:
+        return problem(401, exc.reason, headers={"WWW-Authenticate": exc.www_authenticate})
+    except JwksUnavailableError:
+        return problem(
+            503, "token issuer keys unavailable; retry later", headers={"Retry-After": "5"}
+        )
+    try:
+        return await handler(request, ctx, actor)
+    except PermissionDenied as exc:
+        return problem(403, exc.reason)
 
 
 async def authenticate(request: Request, ctx: GatewayContext) -> Actor:
