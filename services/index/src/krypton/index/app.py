@@ -19,16 +19,16 @@ from nats.aio.client import Client
 from krypton.bus import streams
 from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer, TransientError
+from krypton.bus.service import run_service
 from krypton.contracts import subjects
 from krypton.contracts.index.v1 import QidoRequest, QidoResponse
 from krypton.contracts.ingest.v1 import InstanceStored
-from krypton.core.logging import configure_logging, get_logger
+from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.db.pool import create_pool
 from krypton.index.qido_sql import run_qido
 from krypton.index.schema import migrate
 from krypton.index.store import upsert_batch
-from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["build_app", "main"]
 
@@ -110,11 +110,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
 
 def main() -> None:
     """Entry point: `python -m krypton.index`."""
-    settings = KryptonSettings()
-    configure_logging("index", settings.log_level, settings.log_json)
-    setup_telemetry("index")
-    app, _ = build_app(settings)
-    asyncio.run(app.run())
+    run_service("index", build_app)
 
 
 if __name__ == "__main__":

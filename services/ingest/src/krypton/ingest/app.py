@@ -22,9 +22,10 @@ from nats.js.api import ConsumerConfig
 
 from krypton.bus import streams
 from krypton.bus.connect import connect, make_broker
+from krypton.bus.service import run_service
 from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import IngestReceived
-from krypton.core.logging import configure_logging, get_logger
+from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.db.migrations import apply_migrations
 from krypton.db.pool import create_pool
@@ -32,7 +33,6 @@ from krypton.ingest.pipeline import IngestPipeline, result_payload
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import StorageUnavailable
 from krypton.storage.factory import open_store
-from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["build_app", "main"]
 
@@ -118,11 +118,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
 
 def main() -> None:
     """Entry point: `python -m krypton.ingest`."""
-    settings = KryptonSettings()
-    configure_logging("ingest", settings.log_level, settings.log_json)
-    setup_telemetry("ingest")
-    app, _ = build_app(settings)
-    asyncio.run(app.run())
+    run_service("ingest", build_app)
 
 
 if __name__ == "__main__":

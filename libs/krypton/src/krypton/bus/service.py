@@ -1,0 +1,24 @@
+"""The entry point every FastStream service shares: settings, logging, telemetry, run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from faststream import FastStream
+
+from krypton.core.logging import configure_logging
+from krypton.core.settings import KryptonSettings
+from krypton.telemetry.setup import setup_telemetry
+
+__all__ = ["run_service"]
+
+
+def run_service(name: str, build_app: Callable[[KryptonSettings], tuple[FastStream, Any]]) -> None:
+    """Configure the process for service `name` and run its app until SIGTERM/SIGINT."""
+    settings = KryptonSettings()
+    configure_logging(name, settings.log_level, settings.log_json)
+    setup_telemetry(name)
+    app, _ = build_app(settings)
+    asyncio.run(app.run())
