@@ -46,6 +46,7 @@ class BatchConsumer(Generic[T]):
     batch: int = 256
     ack_wait: float = 15.0  # a crashed replica's batch is redelivered this soon
     retry_delay: float = 2.0
+    max_attempts: int = 10  # deliveries before a message that always fails is terminated
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
 
@@ -97,6 +98,9 @@ class BatchConsumer(Generic[T]):
                 await msg.term()
         if not good:
             return
+        if len(good) == 1:
+            await self._handle_one(*good[0])
+            return
         try:
             await self.handler([event for _, event in good])
         except TransientError as exc:
@@ -104,5 +108,34 @@ class BatchConsumer(Generic[T]):
             for msg, _ in good:
                 await msg.nak(delay=self.retry_delay)
             return
+        except Exception:
+            # Not transient: one bad message must not block the others. Handle them one by one;
+            # the ones that keep failing are set aside after `max_attempts` deliveries.
+            _log.exception("batch failed; isolating", durable=self.durable, size=len(good))
+            for msg, event in good:
+                await self._handle_one(msg, event)
+            return
         for msg, _ in good:
+            await msg.ack()
+
+    async def _handle_one(self, msg: Msg, event: T) -> None:
+        try:
+            await self.handler([event])
+        except TransientError:
+            await msg.nak(delay=self.retry_delay)
+        except Exception:
+            attempts = msg.metadata.num_delivered or 1
+            if attempts >= self.max_attempts:
+                _log.exception(
+                    "poison message terminated after repeated failures",
+                    durable=self.durable,
+                    subject=msg.subject,
+                    stream_seq=msg.metadata.sequence.stream,
+                    attempts=attempts,
+                )
+                await msg.term()
+            else:
+                _log.exception("message failed", durable=self.durable, attempts=attempts)
+                await msg.nak(delay=self.retry_delay * attempts)
+        else:
             await msg.ack()

@@ -18,7 +18,10 @@ __all__ = [
     "POLICY_STREAM",
     "PREFIX",
     "SVC_INDEX_PING",
+    "SVC_INDEX_LOCATE",
     "SVC_INDEX_QIDO",
+    "SVC_RENDER_FRAME",
+    "SVC_TRANSCODE_INSTANCE",
     "ingest_received",
     "instance_rejected",
     "instance_stored",
@@ -67,3 +70,10 @@ def instance_stored(structure: str) -> str:
 def instance_rejected(structure: str) -> str:
     """Subject of an object of `structure` that ingest quarantined."""
     return f"{INSTANCE_REJECTED}.{safe_token(structure)}"
+
+
+# --- Retrieval (WADO-RS): locating instances, transcoding, rendering ---
+
+SVC_INDEX_LOCATE: Final = f"{PREFIX}.svc.index.locate"
+SVC_TRANSCODE_INSTANCE: Final = f"{PREFIX}.svc.transcode.instance"
+SVC_RENDER_FRAME: Final = f"{PREFIX}.svc.render.frame"

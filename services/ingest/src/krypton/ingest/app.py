@@ -91,7 +91,9 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         durable="ingest",
         # A crashed replica's uploads come back after 30 s; long work keeps its claim alive with
         # in-progress heartbeats (see `_heartbeat`).
-        config=ConsumerConfig(ack_wait=30, max_ack_pending=4 * settings.ingest_concurrency),
+        config=ConsumerConfig(
+            ack_wait=30, max_ack_pending=4 * settings.ingest_concurrency, max_deliver=50
+        ),
         pull_sub=PullSub(batch_size=settings.ingest_concurrency, timeout=1.0),
         max_workers=settings.ingest_concurrency,
         ack_policy=AckPolicy.NACK_ON_ERROR,
@@ -105,6 +107,12 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         except _TRANSIENT as exc:
             _log.warning("ingest retry later", error=repr(exc), staging_key=event.staging_key)
             raise NackMessage(delay=2.0) from exc
+        except Exception as exc:
+            # A bug, not bad input (bad input is quarantined): retry slowly, keep it visible;
+            # after max_deliver attempts JetStream stops redelivering and the upload waits in
+            # the stream for an operator (it is never lost).
+            _log.exception("ingest failed", staging_key=event.staging_key)
+            raise NackMessage(delay=30.0) from exc
         finally:
             heartbeat.cancel()
         if event.reply_to:

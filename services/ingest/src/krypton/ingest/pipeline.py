@@ -70,15 +70,15 @@ class IngestPipeline:
             return await self._resume(event, previous)
         try:
             header = await self._read_header(event)
-            extracted = extract(header, event.structure)
-            if (
-                event.expected_study_uid is not None
-                and extracted.study.study_uid != event.expected_study_uid
-            ):
-                raise DicomRejection(
-                    FailureReasonValues.STUDY_UID_MISMATCH,
-                    "the instance's StudyInstanceUID differs from the study in the request URL",
-                )
+            extracted = extract(
+                header, event.structure, expected_study_uid=event.expected_study_uid
+            )
+        except ObjectNotFound:
+            # Only possible if staging was removed by hand: nothing to ingest, say so once.
+            missing = DicomRejection(
+                FailureReasonValues.PROCESSING_FAILURE, "staged object is missing"
+            )
+            return await self._reject(event, missing, None, keep_object=False)
         except DicomRejection as rejection:
             return await self._reject(event, rejection, None)
         stored = self._stored_event(event, header, extracted)
@@ -213,11 +213,17 @@ class IngestPipeline:
         )
 
     async def _reject(
-        self, event: IngestReceived, rejection: DicomRejection, stored: InstanceStored | None
+        self,
+        event: IngestReceived,
+        rejection: DicomRejection,
+        stored: InstanceStored | None,
+        *,
+        keep_object: bool = True,
     ) -> Outcome:
         upload_id = event.staging_key.rsplit("/", 1)[-1]
         qkey = quarantine_key(upload_id)
-        await self._store.move(event.staging_key, qkey)
+        if keep_object:
+            await self._store.move(event.staging_key, qkey)
         sop = stored.instance.sop_instance_uid if stored else None
         sop_class = stored.instance.sop_class_uid if stored else None
         study = stored.study.study_uid if stored else None

@@ -14,6 +14,9 @@ import msgspec
 from krypton.contracts.common.v1 import Actor
 
 __all__ = [
+    "LocateRequest",
+    "LocateResponse",
+    "LocatedInstance",
     "Match",
     "MatchKindValues",
     "QidoLevelValues",
@@ -95,3 +98,51 @@ class QidoResponse(msgspec.Struct, frozen=True, kw_only=True):
     count: int = 0
     reason: str | None = None
     has_more: bool = False
+
+
+# --- WADO-RS: where the instances of a study, series or instance are (svc.index.locate) ---
+
+
+class LocateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Which stored instances the gateway wants to read, and who asks.
+
+    `series_uid` narrows to one series, `sop_instance_uid` (with `series_uid`) to one instance.
+    The index applies the caller's access rule in the same statement: what the caller may not
+    see is answered exactly as what does not exist.
+    """
+
+    actor: Actor
+    study_uid: str
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+class LocatedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one instance's original bytes are and what a reader needs to know about them.
+
+    `pixel_data_offset` is the file offset of the Pixel Data element's tag (None without pixel
+    data, or for deflated files).
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    sha256: str
+    size: int
+    number_of_frames: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    bits_allocated: int | None = None
+    photometric_interpretation: str | None = None
+    pixel_data_offset: int | None = None
+
+
+class LocateResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The index's answer: 200 with the instances in series then instance order, or 404."""
+
+    status: int
+    instances: list[LocatedInstance] = msgspec.field(default_factory=list)
+    reason: str | None = None
