@@ -74,12 +74,15 @@ def create_app(settings: KryptonSettings) -> FastAPI:
             await jwks.aclose()
             await store.close()
 
+    # The API description is public in development only; production serves no unauthenticated
+    # endpoint but the health checks.
+    public_docs = settings.environment != "production"
     app = FastAPI(
         title="Krypton gateway",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/api/docs",
-        openapi_url="/api/openapi.json",
+        docs_url="/api/docs" if public_docs else None,
+        openapi_url="/api/openapi.json" if public_docs else None,
         redoc_url=None,
     )
 

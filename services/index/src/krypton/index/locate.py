@@ -8,7 +8,6 @@ instances primary key for one instance.
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import asyncpg
@@ -30,8 +29,9 @@ _COLUMNS: Final = (
 
 def build_locate_sql(request: LocateRequest) -> tuple[str, list[object]]:
     """The statement answering `request` and its bind parameters."""
-    access_sql, params = access_predicate(request.actor, "st")
-    params = list(params)
+    # access_predicate numbers its placeholders from $1; ours follow them.
+    access_sql, access_params = access_predicate(request.actor, "st")
+    params = list(access_params)
 
     def add(value: object) -> str:
         params.append(value)
@@ -50,8 +50,6 @@ def build_locate_sql(request: LocateRequest) -> tuple[str, list[object]]:
         f" WHERE {' AND '.join(conditions)}"
         " ORDER BY se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid"
     )
-    # access_predicate numbers its placeholders from $1; ours follow them.
-    assert len(re.findall(r"\$\d+", sql)) >= len(params) - 3
     return sql, params
 
 
