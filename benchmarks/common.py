@@ -161,11 +161,16 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for index, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     text = "\n".join(lines)
-    print(text)  # noqa: T201 - benchmarks report on stdout
+    print(text)
     return text
 
 
@@ -281,7 +286,9 @@ class ProcessSampler:
                 seconds = times.user + times.system
                 before = group.cpu_by_pid.get(proc.pid)
                 # A process first seen mid-run counts from zero: its whole life is in the run.
-                spent += seconds - (before if before is not None else (seconds if not record else 0.0))
+                spent += seconds - (
+                    before if before is not None else (seconds if not record else 0.0)
+                )
                 group.cpu_by_pid[proc.pid] = seconds
             if record:
                 group.cpu_total += spent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-_RUNNABLE = ("gateway", "ingest", "index")
+_RUNNABLE = ("gateway", "ingest", "index", "authorize", "render", "audit")
 
 
 def _issuer_url(args: argparse.Namespace) -> str:

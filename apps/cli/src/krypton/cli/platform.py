@@ -22,7 +22,7 @@ from krypton.testing.servers import NatsServer, free_port, start_nats, start_pos
 __all__ = ["SERVICES", "Platform", "PlatformConfig"]
 
 # Every Krypton service process of the embedded platform, in start order.
-SERVICES = ("ingest", "index", "gateway")
+SERVICES = ("ingest", "index", "authorize", "render", "audit", "gateway")
 
 
 @dataclass

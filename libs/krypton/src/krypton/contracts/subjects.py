@@ -9,23 +9,35 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "AUDIT_CHECKPOINT",
+    "AUDIT_EVENT",
     "AUDIT_STREAM",
     "INGEST_RECEIVED",
     "INGEST_STREAM",
     "INSTANCES_STREAM",
     "INSTANCE_REJECTED",
     "INSTANCE_STORED",
+    "POLICY_CHANGED",
     "POLICY_STREAM",
     "PREFIX",
-    "SVC_INDEX_PING",
+    "SVC_AUDIT_PING",
+    "SVC_AUDIT_QUERY",
+    "SVC_AUTHZ",
+    "SVC_AUTHZ_DECIDE",
+    "SVC_AUTHZ_DECIDE_BATCH",
+    "SVC_AUTHZ_PING",
     "SVC_INDEX_LOCATE",
+    "SVC_INDEX_PING",
     "SVC_INDEX_QIDO",
     "SVC_RENDER_FRAME",
     "SVC_TRANSCODE_INSTANCE",
+    "audit_event",
     "ingest_received",
     "instance_rejected",
     "instance_stored",
+    "policy_changed",
     "safe_token",
+    "svc_authz",
 ]
 
 PREFIX: Final = "krypton.v1"
@@ -77,3 +89,42 @@ def instance_rejected(structure: str) -> str:
 SVC_INDEX_LOCATE: Final = f"{PREFIX}.svc.index.locate"
 SVC_TRANSCODE_INSTANCE: Final = f"{PREFIX}.svc.transcode.instance"
 SVC_RENDER_FRAME: Final = f"{PREFIX}.svc.render.frame"
+
+
+# --- audit (issue 6) ---------------------------------------------------------------------------
+# Events live under `audit.event.<type>` (type tokens may contain dots: `auth.failure`), so the
+# audit service's consumer filters `audit.event.>` and never sees the chain checkpoints it
+# publishes itself on `audit.checkpoint` (same AUDIT stream: checkpoints are kept too).
+AUDIT_EVENT: Final = f"{PREFIX}.audit.event"
+AUDIT_CHECKPOINT: Final = f"{PREFIX}.audit.checkpoint"
+SVC_AUDIT_QUERY: Final = f"{PREFIX}.svc.audit.query"
+SVC_AUDIT_PING: Final = f"{PREFIX}.svc.audit.ping"
+
+
+def audit_event(event_type: str) -> str:
+    """Subject of an audit event of `event_type` (e.g. `search`, `auth.failure`)."""
+    return f"{AUDIT_EVENT}.{'.'.join(safe_token(t) for t in event_type.split('.'))}"
+
+
+# --- access policy (authorize) -----------------------------------------------------------
+# Every policy change, on the POLICY stream: policy.changed.<kind> (kind: grant, opposition,
+# break_glass, share_code, directory; see krypton.contracts.authorize.v1.PolicyKindValues).
+POLICY_CHANGED: Final = f"{PREFIX}.policy.changed"
+# Request/reply, queue group "authorize": decisions, and the policy API commands
+# (svc.authz.<op>, e.g. svc.authz.code.redeem).
+SVC_AUTHZ: Final = f"{PREFIX}.svc.authz"
+SVC_AUTHZ_DECIDE: Final = f"{SVC_AUTHZ}.decide"
+SVC_AUTHZ_DECIDE_BATCH: Final = f"{SVC_AUTHZ}.decide_batch"
+SVC_AUTHZ_PING: Final = f"{SVC_AUTHZ}.ping"
+
+
+def policy_changed(kind: str) -> str:
+    """Subject of a policy change of `kind` (a `PolicyKindValues` value)."""
+    return f"{POLICY_CHANGED}.{safe_token(kind)}"
+
+
+def svc_authz(op: str) -> str:
+    """Subject of the policy command `op` (dot-separated tokens, e.g. ``code.redeem``)."""
+    for token in op.split("."):
+        safe_token(token)
+    return f"{SVC_AUTHZ}.{op}"

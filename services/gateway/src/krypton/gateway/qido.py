@@ -8,11 +8,13 @@ from starlette.responses import Response
 
 from krypton.bus.codec import encode
 from krypton.contracts import subjects
+from krypton.contracts.audit.v1 import AuditEventTypeValues
 from krypton.contracts.common.v1 import Actor
 from krypton.contracts.index.v1 import QidoLevelValues, QidoRequest
 from krypton.core.errors import ValidationError
 from krypton.core.logging import get_logger
 from krypton.dicom.qido import parse_qido
+from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 
@@ -61,4 +63,22 @@ async def search(
     status = int(headers.get("Krypton-Status", "200"))
     if status != 200:
         return problem(status, headers.get("Krypton-Reason", "search failed"))
+    # Audit (issue 6): the search and the studies/patients it disclosed, durably, before the
+    # answer leaves; no audit, no answer.
+    study_uids, patients = audit.results_of(reply.data)
+    try:
+        await audit.emit(
+            ctx,
+            audit.event(
+                request,
+                actor,
+                AuditEventTypeValues.SEARCH,
+                query=audit.query_string(request),
+                study_uids=study_uids,
+                patients=patients,
+                detail={"level": level.value, "results": headers.get("Krypton-Count", "")},
+            ),
+        )
+    except audit.AuditUnavailableError:
+        return audit.unavailable()
     return Response(reply.data, media_type=DICOM_JSON)

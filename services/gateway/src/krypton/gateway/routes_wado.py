@@ -1,9 +1,504 @@
-"""WADO-RS retrieval routes (study, series, instance, metadata, frames, rendered, thumbnail)."""
+"""WADO-RS retrieval routes: study, series, instance, metadata, frames, rendered, thumbnail.
+
+Every route authenticates, then asks the index where the instances are (`svc.index.locate`,
+which applies the caller's access rule: hidden and missing look the same, 404). Bytes stream
+from the object store; transcoding and rendering are asked of the render service over NATS.
+
+Conformance choices:
+- Instances are served in their original transfer syntax when the request names none (and for
+  ``transfer-syntax=*``): the stored bytes are exactly what the producer sent, every DICOMweb
+  client reads any syntax in Part 10, and transcoding by default would multiply bytes and CPU.
+  Explicit VR Little Endian is produced on request (``transfer-syntax=1.2.840.10008.1.2.1``);
+  anything else the server cannot produce is a 406.
+- Frames default to ``application/octet-stream`` (uncompressed, little endian), as PS3.18 asks;
+  a compressed frame media type (``image/jls``, ``image/jp2``, ``image/jpeg``, ``image/jphc``,
+  ``image/dicom-rle``) or ``transfer-syntax=*`` gets the stored codestream without decoding.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import aclosing
+from typing import Any, Final
+
+import msgspec
 from fastapi import APIRouter
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from krypton.contracts.common.v1 import Actor
+from krypton.contracts.index.v1 import LocatedInstance
+from krypton.contracts.render.v1 import (
+    RenderedMediaValues,
+    RenderRequest,
+    VoiFunctionValues,
+    Window,
+)
+from krypton.core.logging import get_logger
+from krypton.dicom.codecs import (
+    OCTET_STREAM,
+    can_produce,
+    frame_media_type,
+    is_native,
+)
+from krypton.gateway.context import GatewayContext
+from krypton.gateway.problems import problem
+from krypton.gateway.security import guarded
+from krypton.gateway.wado_accept import MediaRange, parse_accept, ranges_for_parts
+from krypton.gateway.wado_frames import ImageShape, frame_layout, read_frame
+from krypton.gateway.wado_metadata import instance_metadata, metadata_etag, stream_metadata
+from krypton.gateway.wado_services import WadoError, locate, render, transcode
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(tags=["DICOMweb"])
+_log = get_logger("krypton.gateway.wado")
+_UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_DICOM: Final = "application/dicom"
+_DICOM_JSON: Final = "application/dicom+json"
+_PREFETCH: Final = 4
+_THUMBNAIL_VIEWPORT: Final = (128, 128)
+_IMMUTABLE: Final = "private, max-age=86400"
+_Produce = Callable[[LocatedInstance], Coroutine[Any, Any, tuple[str, str]]]
+
+
+def _check_uids(*uids: str | None) -> None:
+    for uid in uids:
+        if uid is not None and (len(uid) > 64 or not _UID.match(uid)):
+            raise WadoError(400, "a UID in the path is not a valid DICOM UID")
+
+
+async def _run(
+    request: Request, handler: Callable[[GatewayContext, Actor], Awaitable[Response]]
+) -> Response:
+    async def wrapped(r: Request, ctx: GatewayContext, actor: Actor) -> Response:
+        try:
+            return await handler(ctx, actor)
+        except WadoError as exc:
+            headers = {"Retry-After": "2"} if exc.status == 503 else None
+            return problem(exc.status, exc.reason, headers=headers)
+
+    return await guarded(request, wrapped)
+
+
+def _accept(request: Request) -> list[MediaRange]:
+    try:
+        return ranges_for_parts(parse_accept(request.headers.get("accept")))
+    except ValueError as exc:
+        raise WadoError(400, str(exc)) from None
+
+
+def _base_url(request: Request, ctx: GatewayContext) -> str:
+    return (ctx.settings.public_url or str(request.base_url)).rstrip("/") + "/dicomweb"
+
+
+# --- Instances (multipart/related; type="application/dicom") ---
+
+
+def _wanted_syntax(ranges: list[MediaRange], instances: Sequence[LocatedInstance]) -> str | None:
+    """The transfer syntax to serve (None: each instance's original), or a 406."""
+    for r in ranges:
+        if not r.matches(_DICOM):
+            continue
+        syntax = r.transfer_syntax
+        if syntax in (None, "*"):
+            return None
+        if all(can_produce(i.transfer_syntax_uid, syntax) for i in instances):
+            return syntax
+    raise WadoError(406, "no acceptable media type or transfer syntax can be produced")
+
+
+def _multipart(
+    part_type: str, parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]]
+) -> StreamingResponse:
+    boundary = uuid.uuid4().hex
+
+    async def body() -> AsyncIterator[bytes]:
+        async for content_type, chunks in parts:
+            yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            async for chunk in chunks:
+                yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    media = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=media)
+
+
+async def _stream_object(ctx: GatewayContext, key: str) -> AsyncIterator[bytes]:
+    async with aclosing(ctx.store.stream(key)) as chunks:
+        async for chunk in chunks:
+            yield chunk
+
+
+async def _retrieve(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    study: str,
+    series: str | None,
+    sop: str | None,
+) -> Response:
+    _check_uids(study, series, sop)
+    ranges = _accept(request)
+    if not any(r.matches(_DICOM) for r in ranges):
+        raise WadoError(
+            406, 'WADO-RS retrieves instances as multipart/related; type="application/dicom"'
+        )
+    instances = await locate(ctx, actor, study, series, sop)
+    wanted = _wanted_syntax(ranges, instances)
+
+    async def produce(instance: LocatedInstance) -> tuple[str, str]:
+        if wanted is None or wanted == instance.transfer_syntax_uid:
+            return instance.object_key, instance.transfer_syntax_uid
+        derived = await transcode(ctx, instance, wanted)
+        assert derived.object_key is not None
+        return derived.object_key, wanted
+
+    if len(instances) == 1:  # a failure can still be a clean status
+        first = await produce(instances[0])
+        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}))
+    return _multipart(_DICOM, _parts(ctx, instances, produce, {}))
+
+
+async def _parts(
+    ctx: GatewayContext,
+    instances: Sequence[LocatedInstance],
+    produce: _Produce,
+    ready: dict[int, tuple[str, str]],
+) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+    """Each instance's part, transcoding a few instances ahead of the one being sent."""
+    tasks: dict[int, asyncio.Task[tuple[str, str]]] = {}
+    try:
+        for position, instance in enumerate(instances):
+            for ahead in range(position, min(position + _PREFETCH, len(instances))):
+                if ahead not in ready and ahead not in tasks:
+                    tasks[ahead] = asyncio.create_task(produce(instances[ahead]))
+            if position in ready:
+                key, syntax = ready.pop(position)
+            else:
+                try:
+                    key, syntax = await tasks.pop(position)
+                except WadoError as exc:
+                    # The response has started: leave the instance out rather than cut the body.
+                    _log.warning(
+                        "instance left out", sop=instance.sop_instance_uid, reason=exc.reason
+                    )
+                    continue
+            yield f"{_DICOM}; transfer-syntax={syntax}", _stream_object(ctx, key)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+
+
+# --- Metadata ---
+
+
+async def _metadata(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    study: str,
+    series: str | None,
+    sop: str | None,
+) -> Response:
+    _check_uids(study, series, sop)
+    ranges = _accept(request)
+    if not any(r.matches(_DICOM_JSON) or r.matches("application/json") for r in ranges):
+        raise WadoError(406, "metadata is served as application/dicom+json")
+    instances = await locate(ctx, actor, study, series, sop)
+    level = "instance" if sop else "series" if series else "study"
+    etag = metadata_etag(instances, level)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
+        return Response(status_code=304, headers=headers)
+    base = _base_url(request, ctx)
+    if len(instances) == 1:
+        body = b"".join([part async for part in stream_metadata(ctx.store, instances, base)])
+        return Response(body, media_type=_DICOM_JSON, headers=headers)
+    return StreamingResponse(
+        stream_metadata(ctx.store, instances, base), media_type=_DICOM_JSON, headers=headers
+    )
+
+
+# --- Frames ---
+
+
+def _parse_frames(frames: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in frames.split(",")]
+    except ValueError:
+        raise WadoError(400, "frame list must be comma-separated frame numbers") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise WadoError(400, "frame numbers start at 1")
+    return numbers
+
+
+def _int(item: dict[str, object], tag: str, default: int) -> int:
+    element = item.get(tag)
+    if isinstance(element, dict):
+        values = element.get("Value")
+        if isinstance(values, list) and values:
+            try:
+                return int(values[0])
+            except (TypeError, ValueError):
+                return default
+    return default
+
+
+async def _shape(ctx: GatewayContext, instance: LocatedInstance) -> ImageShape:
+    item = msgspec.json.decode(await instance_metadata(ctx.store, instance))
+    return ImageShape(
+        rows=_int(item, "00280010", 0),
+        columns=_int(item, "00280011", 0),
+        samples=_int(item, "00280002", 1),
+        bits_allocated=_int(item, "00280100", 8),
+        frames=max(_int(item, "00280008", 1), 1),
+    )
+
+
+def _frame_choice(ranges: list[MediaRange], stored: str) -> tuple[str, bool]:
+    """(part media type, whether to serve the stored codestream as it is)."""
+    stored_media = frame_media_type(stored)
+    native = is_native(stored)
+    for r in ranges:
+        wanted = r.transfer_syntax
+        if (
+            stored_media
+            and not native
+            and r.matches(stored_media)
+            and r.media_type != "*/*"
+            and wanted in (None, "*", stored)
+        ):
+            return stored_media, True
+        if r.matches(OCTET_STREAM):
+            if wanted == "*" and stored_media:
+                return OCTET_STREAM, not native
+            if wanted in (None, ExplicitVRLittleEndian) and can_produce(
+                stored, ExplicitVRLittleEndian
+            ):
+                return OCTET_STREAM, False
+    raise WadoError(406, "no acceptable frame media type can be produced")
+
+
+async def _frames(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    study: str,
+    series: str,
+    sop: str,
+    frames: str,
+) -> Response:
+    _check_uids(study, series, sop)
+    numbers = _parse_frames(frames)
+    ranges = _accept(request)
+    (instance,) = await locate(ctx, actor, study, series, sop)
+    deflated = instance.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    if instance.pixel_data_offset is None and not deflated:
+        raise WadoError(404, "the instance has no frames")
+    media, passthrough = _frame_choice(ranges, instance.transfer_syntax_uid)
+    key, offset, size, syntax = (
+        instance.object_key,
+        instance.pixel_data_offset,
+        instance.size,
+        instance.transfer_syntax_uid,
+    )
+    needs_le = not passthrough and syntax not in (ExplicitVRLittleEndian, "1.2.840.10008.1.2")
+    if needs_le or offset is None:
+        derived = await transcode(ctx, instance, ExplicitVRLittleEndian)
+        assert derived.object_key is not None
+        key, offset, size, syntax = (
+            derived.object_key,
+            derived.pixel_data_offset,
+            derived.size,
+            ExplicitVRLittleEndian,
+        )
+    if offset is None:
+        raise WadoError(404, "the instance has no frames")
+    shape = await _shape(ctx, instance)
+    try:
+        layout = await frame_layout(ctx.store, key, f"{instance.sha256}:{key}", offset, size, shape)
+        bodies = [await read_frame(ctx.store, key, layout, n, shape) for n in numbers]
+    except IndexError as exc:
+        raise WadoError(404, str(exc)) from None
+    except ValueError as exc:
+        raise WadoError(422, str(exc)) from None
+    part_type = media
+    suffix = f"; transfer-syntax={syntax if passthrough else ExplicitVRLittleEndian}"
+
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        for body in bodies:
+            yield part_type + suffix, _one(body)
+
+    return _multipart(part_type, parts())
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+# --- Rendered and thumbnail ---
+
+
+def _rendered_params(
+    request: Request, *, thumbnail: bool
+) -> tuple[RenderedMediaValues, int, tuple[int, int] | None, Window | None]:
+    media: RenderedMediaValues | None = None
+    for r in parse_accept(request.headers.get("accept")):
+        for candidate in (RenderedMediaValues.JPEG, RenderedMediaValues.PNG):
+            if r.matches(candidate.value):
+                media = candidate
+                break
+        if media is not None:
+            break
+    if media is None:
+        raise WadoError(406, "rendered resources are image/jpeg or image/png")
+    query = request.query_params
+    try:
+        quality = int(query.get("quality", "75" if thumbnail else "90"))
+        viewport: tuple[int, int] | None = _THUMBNAIL_VIEWPORT if thumbnail else None
+        if "viewport" in query:
+            parts = [int(v) for v in query["viewport"].split(",")]
+            viewport = (parts[0], parts[1])
+        window = None
+        if "window" in query:
+            center, width, *rest = query["window"].split(",")
+            window = Window(
+                center=float(center),
+                width=float(width),
+                function=VoiFunctionValues(rest[0].lower()) if rest else VoiFunctionValues.LINEAR,
+            )
+    except (ValueError, IndexError):
+        raise WadoError(400, "invalid quality, viewport or window parameter") from None
+    if not 1 <= quality <= 100 or (viewport and (viewport[0] < 1 or viewport[1] < 1)):
+        raise WadoError(400, "quality must be 1-100 and viewport positive")
+    if window is not None and window.width <= 0:
+        raise WadoError(400, "window width must be positive")
+    return media, quality, viewport, window
+
+
+async def _rendered(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    study: str,
+    series: str | None,
+    sop: str | None,
+    frames: str | None,
+    *,
+    thumbnail: bool = False,
+) -> Response:
+    _check_uids(study, series, sop)
+    frame = _parse_frames(frames)[0] if frames else 1
+    media, quality, viewport, window = _rendered_params(request, thumbnail=thumbnail)
+    instances = await locate(ctx, actor, study, series, sop)
+    with_pixels = [i for i in instances if i.rows] or instances
+    # Study and series thumbnails show the middle image of the (first) series.
+    instance = with_pixels[len(with_pixels) // 2] if not sop else with_pixels[0]
+    render_request = RenderRequest(
+        object_key=instance.object_key,
+        sha256=instance.sha256,
+        frame=frame,
+        media_type=media,
+        quality=quality,
+        viewport=viewport,
+        window=window,
+    )
+    etag = '"' + hashlib.sha256(msgspec.json.encode(render_request)).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
+    if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
+        return Response(status_code=304, headers=headers)
+    body, media_type = await render(ctx, render_request)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+# --- Routes ---
+
+_S = "/dicomweb/studies/{study}"
+_SE = _S + "/series/{series}"
+_I = _SE + "/instances/{sop}"
+
+
+@router.get(_S, summary="WADO-RS: retrieve a study")
+async def retrieve_study(request: Request, study: str) -> Response:
+    return await _run(request, lambda c, a: _retrieve(request, c, a, study, None, None))
+
+
+@router.get(_SE, summary="WADO-RS: retrieve a series")
+async def retrieve_series(request: Request, study: str, series: str) -> Response:
+    return await _run(request, lambda c, a: _retrieve(request, c, a, study, series, None))
+
+
+@router.get(_I, summary="WADO-RS: retrieve an instance")
+async def retrieve_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _run(request, lambda c, a: _retrieve(request, c, a, study, series, sop))
+
+
+@router.get(_S + "/metadata", summary="WADO-RS: study metadata")
+async def study_metadata(request: Request, study: str) -> Response:
+    return await _run(request, lambda c, a: _metadata(request, c, a, study, None, None))
+
+
+@router.get(_SE + "/metadata", summary="WADO-RS: series metadata")
+async def series_metadata(request: Request, study: str, series: str) -> Response:
+    return await _run(request, lambda c, a: _metadata(request, c, a, study, series, None))
+
+
+@router.get(_I + "/metadata", summary="WADO-RS: instance metadata")
+async def instance_metadata_route(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _run(request, lambda c, a: _metadata(request, c, a, study, series, sop))
+
+
+@router.get(_I + "/frames/{frames}", summary="WADO-RS: frames")
+async def retrieve_frames(
+    request: Request, study: str, series: str, sop: str, frames: str
+) -> Response:
+    return await _run(request, lambda c, a: _frames(request, c, a, study, series, sop, frames))
+
+
+@router.get(_I + "/rendered", summary="WADO-RS: rendered instance (first frame)")
+async def rendered_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _run(request, lambda c, a: _rendered(request, c, a, study, series, sop, None))
+
+
+@router.get(_I + "/frames/{frames}/rendered", summary="WADO-RS: rendered frame")
+async def rendered_frames(
+    request: Request, study: str, series: str, sop: str, frames: str
+) -> Response:
+    return await _run(request, lambda c, a: _rendered(request, c, a, study, series, sop, frames))
+
+
+@router.get(_S + "/thumbnail", summary="WADO-RS: study thumbnail")
+async def study_thumbnail(request: Request, study: str) -> Response:
+    return await _run(
+        request, lambda c, a: _rendered(request, c, a, study, None, None, None, thumbnail=True)
+    )
+
+
+@router.get(_SE + "/thumbnail", summary="WADO-RS: series thumbnail")
+async def series_thumbnail(request: Request, study: str, series: str) -> Response:
+    return await _run(
+        request, lambda c, a: _rendered(request, c, a, study, series, None, None, thumbnail=True)
+    )
+
+
+@router.get(_I + "/thumbnail", summary="WADO-RS: instance thumbnail")
+async def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _run(
+        request, lambda c, a: _rendered(request, c, a, study, series, sop, None, thumbnail=True)
+    )
+
+
+@router.get(_I + "/frames/{frames}/thumbnail", summary="WADO-RS: frame thumbnail")
+async def frame_thumbnail(
+    request: Request, study: str, series: str, sop: str, frames: str
+) -> Response:
+    return await _run(
+        request, lambda c, a: _rendered(request, c, a, study, series, sop, frames, thumbnail=True)
+    )

@@ -9,7 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from krypton.auth.errors import AuthenticationError, JwksUnavailableError, PermissionDenied
+from krypton.contracts.audit.v1 import AccessBasisValues, AuditEventTypeValues, AuditOutcomeValues
 from krypton.contracts.common.v1 import Actor
+from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 
@@ -31,15 +33,60 @@ async def guarded(request: Request, handler: Handler) -> Response:
     try:
         actor = await authenticate(request, ctx)
     except AuthenticationError as exc:
+        # Audit (issue 6): every failed authentication is recorded, fail closed.
+        if await _audit_refused(request, ctx, None, AuditEventTypeValues.AUTH_FAILURE, exc.reason):
+            return audit.unavailable()
         return problem(401, exc.reason, headers={"WWW-Authenticate": exc.www_authenticate})
     except JwksUnavailableError:
         return problem(
             503, "token issuer keys unavailable; retry later", headers={"Retry-After": "5"}
         )
+    # Audit (issue 6): a token's first authentication in this process is recorded as a login.
+    if audit.first_use(actor):
+        try:
+            await audit.emit(ctx, audit.event(request, actor, AuditEventTypeValues.AUTH_SUCCESS))
+        except audit.AuditUnavailableError:
+            return audit.unavailable()
     try:
-        return await handler(request, ctx, actor)
+        response = await handler(request, ctx, actor)
     except PermissionDenied as exc:
+        if await _audit_refused(
+            request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, exc.reason
+        ):
+            return audit.unavailable()
         return problem(403, exc.reason)
+    # A handler that answered 403 itself is recorded as a denial too.
+    if response.status_code == 403 and await _audit_refused(
+        request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, "forbidden"
+    ):
+        return audit.unavailable()
+    return response
+
+
+async def _audit_refused(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor | None,
+    type_: AuditEventTypeValues,
+    reason: str,
+) -> bool:
+    """Record a refusal; True when it could not be recorded (the caller then answers 503)."""
+    try:
+        await audit.emit(
+            ctx,
+            audit.event(
+                request,
+                actor,
+                type_,
+                outcome=AuditOutcomeValues.DENIED,
+                reason=reason,
+                basis=AccessBasisValues.NONE,
+                query=audit.query_string(request) or None,
+            ),
+        )
+    except audit.AuditUnavailableError:
+        return True
+    return False
 
 
 async def authenticate(request: Request, ctx: GatewayContext) -> Actor:

@@ -20,11 +20,13 @@ from starlette.responses import Response
 
 from krypton.bus.codec import encode
 from krypton.contracts import subjects
+from krypton.contracts.audit.v1 import AccessBasisValues, AuditEventTypeValues, AuditOutcomeValues
 from krypton.contracts.common.v1 import Actor
 from krypton.contracts.ingest.v1 import IngestReceived, IngestResult
 from krypton.core.clock import utc_now_iso
 from krypton.core.logging import get_logger
 from krypton.dicom.errors import FailureReasonValues
+from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.storage.base import ObjectInfo
@@ -336,7 +338,48 @@ async def _hand_over(
         await asyncio.wait(waiting, timeout=ctx.settings.stow_result_timeout)
     for item in staged:
         ctx.waiter.forget(item.upload_id)
-    return _store_response(ctx, request, staged, study_uid)
+    response = _store_response(ctx, request, staged, study_uid)
+    # Audit (issue 6): what was stored (and refused), before the answer leaves.
+    if await _audit_store(request, ctx, actor, staged, response.status_code):
+        return audit.unavailable()
+    return response
+
+
+async def _audit_store(
+    request: Request, ctx: GatewayContext, actor: Actor, staged: list[_Staged], status: int
+) -> bool:
+    """Record one `store` event for the request; True when it could not be recorded."""
+    studies: dict[str, None] = {}
+    stored = 0
+    for item in staged:
+        verdict = item.verdict
+        if verdict is None or not verdict.done() or verdict.exception() is not None:
+            continue
+        result = verdict.result()
+        if result.ok:
+            stored += 1
+            if result.study_uid:
+                studies[result.study_uid] = None
+    outcome = AuditOutcomeValues.SUCCESS if status == 200 else AuditOutcomeValues.FAILURE
+    try:
+        await audit.emit(
+            ctx,
+            audit.event(
+                request,
+                actor,
+                AuditEventTypeValues.STORE,
+                outcome=outcome,
+                reason=None
+                if status == 200
+                else f"{len(staged) - stored} of {len(staged)} not stored",
+                basis=AccessBasisValues.NONE,
+                study_uids=list(studies),
+                instances=stored,
+            ),
+        )
+    except audit.AuditUnavailableError:
+        return True
+    return False
 
 
 def _store_response(

@@ -21,11 +21,13 @@ from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer, TransientError
 from krypton.bus.service import run_service
 from krypton.contracts import subjects
-from krypton.contracts.index.v1 import QidoRequest, QidoResponse
+from krypton.contracts.index.v1 import LocateRequest, QidoRequest, QidoResponse
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.db.pool import create_pool
+from krypton.index.locate import handle_locate
+from krypton.index.policy_consumer import start_policy_consumer
 from krypton.index.qido_sql import run_qido
 from krypton.index.schema import migrate
 from krypton.index.store import upsert_batch
@@ -76,11 +78,13 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
             batch=settings.index_batch_size,
         )
         await consumer.start()
+        policy_consumer = await start_policy_consumer(js, pool)
         _log.info("index ready")
         try:
             yield
         finally:
             await consumer.stop()
+            await policy_consumer.stop()
             # close, not drain: acks went out inline, and draining a pull subscription waits
             # for its drain timeout (30 s) on the fetch inbox.
             await nc.close()
@@ -95,6 +99,10 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         if response.reason:
             headers["Krypton-Reason"] = response.reason
         return NatsResponse(response.body, headers=headers)
+
+    @broker.subscriber(subjects.SVC_INDEX_LOCATE, queue="index")
+    async def on_locate(request: LocateRequest) -> bytes:
+        return await handle_locate(state["pool"], request)
 
     @broker.subscriber(subjects.SVC_INDEX_PING, queue="index")
     async def on_ping() -> bytes:

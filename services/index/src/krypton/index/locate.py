@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Final
 
 import asyncpg
-import msgspec
-from faststream.nats import NatsResponse
 
 from krypton.bus.codec import encode
 from krypton.contracts.index.v1 import LocatedInstance, LocateRequest, LocateResponse
@@ -64,10 +62,6 @@ async def run_locate(pool: asyncpg.Pool, request: LocateRequest) -> LocateRespon
     )
 
 
-async def handle_locate(pool: asyncpg.Pool, payload: bytes) -> NatsResponse:
-    """The ``svc.index.locate`` handler body: decode, run, encode (a malformed request is 400)."""
-    try:
-        request = msgspec.json.decode(payload, type=LocateRequest)
-    except msgspec.ValidationError as exc:
-        return NatsResponse(encode(LocateResponse(status=400, reason=str(exc))))
-    return NatsResponse(encode(await run_locate(pool, request)))
+async def handle_locate(pool: asyncpg.Pool, request: LocateRequest) -> bytes:
+    """The ``svc.index.locate`` handler body: the encoded `LocateResponse` for `request`."""
+    return encode(await run_locate(pool, request))

@@ -51,7 +51,7 @@ from krypton.dicom.qido import matching_keys
 from krypton.index.render import ATTRIBUTES, render_results, return_keys
 from krypton.index.store import normalise_pn, parse_da
 
-__all__ = ["MAX_LIMIT", "access_predicate", "build_qido_sql", "run_qido"]
+__all__ = ["MAX_LIMIT", "access_predicate", "actor_has_grants", "build_qido_sql", "run_qido"]
 
 #: Largest page the index serves whatever the request says (the gateway clamps lower).
 MAX_LIMIT: Final = 5000
@@ -69,22 +69,73 @@ _INT4_MAX: Final = 2**31 - 1
 _TM_RE: Final = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$")
 
 
-def access_predicate(actor: Actor, alias: str) -> tuple[str, list[object]]:
+# A grant is live while valid_from <= now() < valid_until (NULL: open-ended) and active.
+_LIVE: Final = (
+    "g.active AND g.valid_from <= now() AND (g.valid_until IS NULL OR g.valid_until > now())"
+)
+
+
+def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[str, list[object]]:
     """Return the SQL condition (over the studies alias `alias`) of what `actor` may see.
 
-    Admin: everything. Producer or professional: the studies of their structure. Patient: the
-    studies of their INS. Anyone else, or a role without the identifier it needs: nothing.
-    Placeholders are numbered from ``$1`` within the fragment.
+    The access rules of the authorize service, in SQL over the access projection (see
+    `krypton.index.access`; `krypton.authorize.policy` has the same rules over its own state):
 
-    This is the one place the rule lives; the access-projection work replaces its body.
+    - admin: everything; patient: the studies of their INS;
+    - producer (a structure's system): the studies of its structure;
+    - professional: the studies of their structure, and the studies of a patient without an
+      active opposition for which they hold a live grant (care relationship, redeemed share
+      code, break-the-glass) covering the patient or that study;
+    - anyone else, or a role without the identifier it needs: nothing.
+
+    Placeholders are numbered from ``$1`` within the fragment. This is the one place the rule
+    lives in SQL; QIDO and WADO lookups both embed it.
+
+    Args:
+        actor: The verified caller.
+        alias: The alias of ``index.studies`` in the statement.
+        grants: False when the caller checked that the professional holds no live grant
+            (`actor_has_grants`): the condition is then the structure's alone, which keeps
+            the index-ordered listing plan. Leaving it True is always correct.
     """
     if actor.role is RoleValues.ADMIN:
         return "TRUE", []
-    if actor.role in (RoleValues.PRODUCER, RoleValues.PROFESSIONAL) and actor.structure:
+    if actor.role is RoleValues.PRODUCER and actor.structure:
         return f"{alias}.structure = $1", [actor.structure]
     if actor.role is RoleValues.PATIENT and actor.ins:
         return f"{alias}.patient_ins = $1", [actor.ins]
-    return "FALSE", []
+    if actor.role is not RoleValues.PROFESSIONAL:
+        return "FALSE", []
+    if not grants:
+        if actor.structure:
+            return f"{alias}.structure = $1", [actor.structure]
+        return "FALSE", []
+    # The ANY(ARRAY(...)) arm is an index condition on studies_patient_key_idx (evaluated once
+    # per statement); the EXISTS checks the grant covers this very study (patient or study
+    # scope), and the NOT EXISTS applies the patient's opposition.
+    granted = (
+        f"({alias}.patient_key = ANY(ARRAY(SELECT g.patient_key FROM index.access_grants g"
+        f" WHERE g.actor_sub = $1 AND {_LIVE}))"
+        f" AND EXISTS (SELECT 1 FROM index.access_grants g WHERE g.actor_sub = $1"
+        f" AND g.patient_key = {alias}.patient_key"
+        f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE})"
+        f" AND NOT EXISTS (SELECT 1 FROM index.oppositions o"
+        f" WHERE o.patient_key = {alias}.patient_key AND o.active))"
+    )
+    if actor.structure:
+        return f"({alias}.structure = $2 OR {granted})", [actor.sub, actor.structure]
+    return granted, [actor.sub]
+
+
+async def actor_has_grants(pool: asyncpg.Pool, actor: Actor) -> bool:
+    """Whether a professional holds any live grant (one index probe)."""
+    if actor.role is not RoleValues.PROFESSIONAL:
+        return False
+    found = await pool.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM index.access_grants g WHERE g.actor_sub = $1 AND {_LIVE})",
+        actor.sub,
+    )
+    return bool(found)
 
 
 class _Params:
@@ -233,8 +284,11 @@ def _pn_sql(match: Match, fuzzy: bool, params: _Params) -> str | None:
     return f"{column} = {params.add(normalised)}"
 
 
-def build_qido_sql(request: QidoRequest) -> tuple[str, list[object]]:
+def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, list[object]]:
     """Build the statement answering `request` (its page plus one row, to tell `has_more`).
+
+    `grants` says whether the caller may hold access grants (`actor_has_grants`); without
+    them the access condition is the structure's alone (never more than the full rule).
 
     Returns:
         The SQL text and its bind parameters.
@@ -269,7 +323,7 @@ def build_qido_sql(request: QidoRequest) -> tuple[str, list[object]]:
         else:
             order = f"{_STUDY_ORDER}, {_SERIES_ORDER}, {_INSTANCE_ORDER}"
 
-    access_sql, access_params = access_predicate(request.actor, "st")
+    access_sql, access_params = access_predicate(request.actor, "st", grants=grants)
     conditions = [params.embed(access_sql, access_params)]
     if query.study_uid is not None:
         # On the table whose index drives the plan (series_study_idx for series/instances).
@@ -305,7 +359,8 @@ async def run_qido(pool: asyncpg.Pool, request: QidoRequest) -> QidoResponse:
         503 when the statement hit the server's statement timeout.
     """
     try:
-        sql, params = build_qido_sql(request)
+        grants = await actor_has_grants(pool, request.actor)
+        sql, params = build_qido_sql(request, grants=grants)
     except ValidationError as exc:
         return QidoResponse(status=400, reason=exc.reason)
     try:

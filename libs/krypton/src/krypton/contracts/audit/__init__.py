@@ -1,0 +1,1 @@
+"""Audit contracts: the audit event every service publishes, checkpoints, and audit queries."""

@@ -1,0 +1,1 @@
+"""Contracts of the authorize service (access policy): events, decisions, commands, API bodies."""

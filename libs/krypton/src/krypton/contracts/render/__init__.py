@@ -1,0 +1,1 @@
+"""Render request/reply contracts."""

@@ -1,0 +1,54 @@
+"""Render request contract, v1. Additive changes only: new fields get defaults.
+
+The gateway sends a `RenderRequest` on ``SVC_RENDER_FRAME``; the reply body is the encoded
+image itself (a rendered frame is small enough to ride a reply), with headers
+``Krypton-Status`` (HTTP-like status), ``Content-Type`` and, on failure, ``Krypton-Reason``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+__all__ = ["RenderRequest", "RenderedMediaValues", "VoiFunctionValues", "Window"]
+
+
+class RenderedMediaValues(enum.StrEnum):
+    """Media types of rendered resources (PS3.18 8.3.5.1.1)."""
+
+    JPEG = "image/jpeg"
+    PNG = "image/png"
+
+
+class VoiFunctionValues(enum.StrEnum):
+    """VOI LUT functions (PS3.3 C.11.2.1.3) a `window` parameter may name."""
+
+    LINEAR = "linear"
+    LINEAR_EXACT = "linear-exact"
+    SIGMOID = "sigmoid"
+
+
+class Window(msgspec.Struct, frozen=True, kw_only=True):
+    """The `window=center,width,function` parameter of a rendered request."""
+
+    center: float
+    width: float
+    function: VoiFunctionValues = VoiFunctionValues.LINEAR
+
+
+class RenderRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Render frame `frame` (1-based) of one stored instance.
+
+    `sha256` identifies the content for the render cache; `viewport` is the largest
+    (width, height) the image may have (aspect ratio kept, never enlarged); `quality` is the
+    JPEG quality (1-100).
+    """
+
+    object_key: str
+    sha256: str
+    frame: int = 1
+    media_type: RenderedMediaValues = RenderedMediaValues.JPEG
+    quality: int = 90
+    viewport: tuple[int, int] | None = None
+    window: Window | None = None

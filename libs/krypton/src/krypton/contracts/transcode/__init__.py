@@ -1,0 +1,1 @@
+"""Transcode request/reply contracts."""

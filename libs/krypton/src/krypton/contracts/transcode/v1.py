@@ -1,0 +1,36 @@
+"""Transcode request/reply contracts, v1. Additive changes only: new fields get defaults.
+
+The gateway asks for an instance in another transfer syntax on ``SVC_TRANSCODE_INSTANCE``;
+the transcode worker writes the result as a derived object (claim check: bytes never ride the
+bus) and answers with its key. The derived object is kept, so the next request is a lookup.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["TranscodeRequest", "TranscodeResponse"]
+
+
+class TranscodeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Make `object_key` (one stored instance) available in `transfer_syntax_uid`."""
+
+    object_key: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+class TranscodeResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """200 with the derived object's key and size; 404 (source missing), 406 (cannot produce).
+
+    `pixel_data_offset` is the file offset of the derived object's Pixel Data element tag, so
+    that frames can be read from it by range.
+    """
+
+    status: int
+    object_key: str | None = None
+    size: int = 0
+    pixel_data_offset: int | None = None
+    reason: str | None = None

@@ -1,0 +1,5 @@
+"""`python -m krypton.audit`."""
+
+from krypton.audit.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Krypton authorize service: the access policy (care relationships, share codes, oppositions, break-the-glass) and its decisions."""

@@ -1,0 +1,5 @@
+"""`python -m krypton.authorize`."""
+
+from krypton.authorize.app import main
+
+main()

@@ -1,0 +1,110 @@
+"""The gateway's requests to index (locate), transcode and render for WADO-RS."""
+
+from __future__ import annotations
+
+import nats.errors
+
+from krypton.bus.codec import decode, encode
+from krypton.contracts import subjects
+from krypton.contracts.common.v1 import Actor
+from krypton.contracts.index.v1 import LocatedInstance, LocateRequest, LocateResponse
+from krypton.contracts.render.v1 import RenderRequest
+from krypton.contracts.transcode.v1 import TranscodeRequest, TranscodeResponse
+from krypton.core.logging import get_logger
+from krypton.gateway.context import GatewayContext
+
+__all__ = ["ServiceUnavailableError", "WadoError", "locate", "render", "transcode"]
+
+_log = get_logger("krypton.gateway.wado")
+_UNAVAILABLE = (nats.errors.NoRespondersError, nats.errors.TimeoutError)
+
+
+class WadoError(Exception):
+    """A WADO-RS request ends with this HTTP status and reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        """Remember the status and the reason shown to the caller."""
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class ServiceUnavailableError(WadoError):
+    """A service did not answer in time (503, retry later)."""
+
+    def __init__(self, service: str) -> None:
+        """Name the service that did not answer."""
+        super().__init__(503, f"{service} unavailable; retry later")
+
+
+async def locate(
+    ctx: GatewayContext,
+    actor: Actor,
+    study: str,
+    series: str | None = None,
+    sop: str | None = None,
+) -> list[LocatedInstance]:
+    """The instances the caller may read under the path, in order.
+
+    Raises:
+        WadoError: 404 when nothing matches or the caller may not see it (the same answer).
+        ServiceUnavailableError: the index did not answer.
+    """
+    request = LocateRequest(actor=actor, study_uid=study, series_uid=series, sop_instance_uid=sop)
+    try:
+        reply = await ctx.nc.request(subjects.SVC_INDEX_LOCATE, encode(request), timeout=10.0)
+    except _UNAVAILABLE as exc:
+        _log.warning("index unavailable", error=repr(exc))
+        raise ServiceUnavailableError(service="index") from exc
+    response = decode(reply.data, LocateResponse)
+    if response.status != 200 or not response.instances:
+        raise WadoError(404 if response.status in (200, 404) else response.status, "not found")
+    return response.instances
+
+
+async def transcode(
+    ctx: GatewayContext, instance: LocatedInstance, syntax: str
+) -> TranscodeResponse:
+    """The derived object holding `instance` in `syntax` (made on first request).
+
+    Raises:
+        WadoError: the syntax cannot be produced for this instance (406) or it is gone (404).
+        ServiceUnavailableError: the transcode service did not answer.
+    """
+    request = TranscodeRequest(
+        object_key=instance.object_key,
+        study_uid=instance.study_uid,
+        series_uid=instance.series_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        transfer_syntax_uid=str(syntax),
+    )
+    try:
+        reply = await ctx.nc.request(
+            subjects.SVC_TRANSCODE_INSTANCE, encode(request), timeout=120.0
+        )
+    except _UNAVAILABLE as exc:
+        _log.warning("transcode unavailable", error=repr(exc))
+        raise ServiceUnavailableError(service="transcode") from exc
+    response = decode(reply.data, TranscodeResponse)
+    if response.status != 200 or response.object_key is None:
+        raise WadoError(response.status, response.reason or "cannot transcode")
+    return response
+
+
+async def render(ctx: GatewayContext, request: RenderRequest) -> tuple[bytes, str]:
+    """The rendered image and its media type.
+
+    Raises:
+        WadoError: the render service refused (404 frame missing, 422 undecodable).
+        ServiceUnavailableError: the render service did not answer.
+    """
+    try:
+        reply = await ctx.nc.request(subjects.SVC_RENDER_FRAME, encode(request), timeout=60.0)
+    except _UNAVAILABLE as exc:
+        _log.warning("render unavailable", error=repr(exc))
+        raise ServiceUnavailableError(service="render") from exc
+    headers = reply.headers or {}
+    status = int(headers.get("Krypton-Status", "500"))
+    if status != 200:
+        raise WadoError(status, headers.get("Krypton-Reason", "cannot render"))
+    return reply.data, headers.get("Content-Type", request.media_type.value)

@@ -1,0 +1,1 @@
+"""Krypton render and transcode service."""

@@ -1,0 +1,5 @@
+"""`python -m krypton.render`."""
+
+from krypton.render.app import main
+
+main()

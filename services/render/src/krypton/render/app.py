@@ -1,0 +1,76 @@
+"""The render service: rendered frames (``svc.render.frame``) and transcoding (``svc.transcode.*``).
+
+One process serves both for now: both decode the same pixels with the same codecs, so they
+share the decoding threads and the code; the subjects and queue groups are already separate
+(``render``, ``transcode``), so splitting them into two deployments later changes no caller.
+Run it with ``krypton run render`` (``python -m krypton.render``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsResponse
+
+from krypton.bus.codec import encode
+from krypton.bus.connect import make_broker
+from krypton.contracts import subjects
+from krypton.contracts.render.v1 import RenderRequest
+from krypton.contracts.transcode.v1 import TranscodeRequest
+from krypton.core.logging import configure_logging, get_logger
+from krypton.core.settings import KryptonSettings
+from krypton.render.worker import Worker
+from krypton.storage.factory import open_store
+from krypton.telemetry.setup import setup_telemetry
+
+__all__ = ["build_app", "main"]
+
+_log = get_logger("krypton.render")
+
+
+def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
+    """Build the FastStream app; the object store is opened in its lifespan."""
+    broker = make_broker(settings.nats_url, "render")
+    state: dict[str, Worker] = {}
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        store = await open_store(settings.storage)
+        state["worker"] = Worker(store)
+        _log.info("render ready")
+        try:
+            yield
+        finally:
+            await store.close()
+
+    @broker.subscriber(subjects.SVC_RENDER_FRAME, queue="render")
+    async def on_render(request: RenderRequest) -> NatsResponse:
+        result = await state["worker"].render(request)
+        headers = {"Krypton-Status": str(result.status)}
+        if result.media_type:
+            headers["Content-Type"] = result.media_type
+        if result.reason:
+            headers["Krypton-Reason"] = result.reason[:200]
+        return NatsResponse(result.body, headers=headers)
+
+    @broker.subscriber(subjects.SVC_TRANSCODE_INSTANCE, queue="transcode")
+    async def on_transcode(request: TranscodeRequest) -> bytes:
+        return encode(await state["worker"].transcode(request))
+
+    return FastStream(broker, lifespan=lifespan), broker
+
+
+def main() -> None:
+    """Entry point: ``python -m krypton.render``."""
+    settings = KryptonSettings()
+    configure_logging("render", settings.log_level, settings.log_json)
+    setup_telemetry("render")
+    app, _ = build_app(settings)
+    asyncio.run(app.run())
+
+
+if __name__ == "__main__":
+    main()

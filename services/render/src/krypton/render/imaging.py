@@ -1,0 +1,133 @@
+"""From a decoded frame to 8-bit display values: modality LUT, VOI, photometry, viewport.
+
+The grayscale pipeline is PS3.3's (C.11.1 modality LUT, C.11.2 VOI LUT, then MONOCHROME1
+inversion). Colour frames arrive as RGB (pydicom converts YBR, interleaves planar data);
+palette colour goes through its lookup tables. Deeper-than-8-bit values are scaled down.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+from krypton.contracts.render.v1 import VoiFunctionValues, Window
+
+__all__ = ["auto_window", "fit_viewport", "to_display", "voi_window"]
+
+# Robust automatic window when the data set has none: ignore the extreme 0.5 % on each side
+# (air, metal, padding) so that a handful of outliers do not flatten the image.
+_AUTO_LOW: Final = 0.5
+_AUTO_HIGH: Final = 99.5
+
+
+def _first(value: object) -> float | None:
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if value else None
+    try:
+        return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def voi_window(ds: Dataset) -> Window | None:
+    """The data set's first Window Center/Width (and its VOI LUT Function), if valid."""
+    center = _first(ds.get("WindowCenter"))
+    width = _first(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 0 or not math.isfinite(center + width):
+        return None
+    name = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    function = {
+        "LINEAR_EXACT": VoiFunctionValues.LINEAR_EXACT,
+        "SIGMOID": VoiFunctionValues.SIGMOID,
+    }.get(name, VoiFunctionValues.LINEAR)
+    return Window(center=center, width=width, function=function)
+
+
+def auto_window(values: NDArray[np.float64]) -> Window:
+    """A linear window spanning the 0.5-99.5 percentiles of `values`."""
+    low, high = np.percentile(values, [_AUTO_LOW, _AUTO_HIGH])
+    if not high > low:
+        low, high = float(values.min()), float(values.max())
+    if not high > low:
+        high = low + 1.0
+    return Window(
+        center=(low + high) / 2, width=high - low, function=VoiFunctionValues.LINEAR_EXACT
+    )
+
+
+def _apply_window(values: NDArray[np.float64], window: Window) -> NDArray[np.float64]:
+    """PS3.3 C.11.2.1.2 (linear), C.11.2.1.3.2 (linear exact), C.11.2.1.3.1 (sigmoid), to 0-255."""
+    c, w = window.center, window.width
+    if window.function is VoiFunctionValues.SIGMOID:
+        return 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+    if window.function is VoiFunctionValues.LINEAR_EXACT:
+        return np.clip(((values - c) / w + 0.5) * 255.0, 0.0, 255.0)
+    if w <= 1:  # a one-value window is a threshold
+        return np.where(values > c - 0.5, 255.0, 0.0)
+    return np.clip(((values - (c - 0.5)) / (w - 1) + 0.5) * 255.0, 0.0, 255.0)
+
+
+def _to_uint8(values: NDArray[np.float64]) -> NDArray[np.uint8]:
+    return np.rint(values).astype(np.uint8)
+
+
+def _scale_colour(arr: NDArray[np.generic], bits: int) -> NDArray[np.uint8]:
+    if arr.dtype == np.uint8:
+        return np.asarray(arr, dtype=np.uint8)
+    shift = max(bits - 8, 0)
+    scaled: NDArray[np.uint64] = np.right_shift(arr.astype(np.uint64), np.uint64(shift))
+    return np.minimum(scaled, 255).astype(np.uint8)
+
+
+def to_display(arr: NDArray[np.generic], ds: Dataset, window: Window | None) -> NDArray[np.uint8]:
+    """Turn one decoded frame into 8-bit display values (H, W) or (H, W, 3).
+
+    Args:
+        arr: the frame as pydicom decodes it (RGB for colour).
+        ds: its data set (photometric interpretation, LUTs, windows).
+        window: the caller's window, which wins over the data set's.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits_stored = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    if photometric == "PALETTE COLOR" and arr.ndim == 2:
+        rgb = apply_color_lut(arr, ds)
+        entry_bits = 8 if rgb.dtype == np.uint8 else 16
+        return _scale_colour(rgb, entry_bits)
+    if arr.ndim == 3:
+        return _scale_colour(arr, bits_stored)
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    if window is None:
+        window = voi_window(ds)
+    if window is not None:
+        out = _apply_window(values, window)
+    elif "VOILUTSequence" in ds:
+        lut = np.asarray(apply_voi_lut(values.astype(np.int64), ds), dtype=np.float64)
+        top = float(lut.max()) if lut.size else 1.0
+        out = lut * (255.0 / top) if top > 0 else lut
+    else:
+        out = _apply_window(values, auto_window(values))
+    display = _to_uint8(out)
+    if photometric == "MONOCHROME1":
+        display = 255 - display
+    return display
+
+
+def fit_viewport(image: NDArray[np.uint8], viewport: tuple[int, int] | None) -> NDArray[np.uint8]:
+    """Scale `image` down to fit `viewport` (width, height), keeping its aspect; never enlarge."""
+    if viewport is None:
+        return image
+    height, width = image.shape[:2]
+    max_w, max_h = viewport
+    scale = min(max_w / width if max_w > 0 else 1.0, max_h / height if max_h > 0 else 1.0)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(resized, dtype=np.uint8)

@@ -1,0 +1,182 @@
+"""End to end: the access policy through HTTP with every service running.
+
+A professional of another structure sees nothing; a care relationship opens the patient's
+studies; an opposition closes them within about a second (but not to the producer); a share
+code opens exactly its scope, binds to its first user, stops when revoked; guessing is locked
+out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from io import BytesIO
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+
+from krypton.dicom.identity import ins_key
+from krypton.dicom.testfiles import pydicom_test_files
+
+from .conftest import Running
+from .helpers import stow, value, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.nats, pytest.mark.postgres]
+
+A, B, C = "330781196", "640780417", "870000015"
+NIR = "2750775123456"
+INS = NIR + ins_key(NIR)
+STUDY_A, STUDY_B = "1.2.826.0.1.3680043.8.498.770001", "1.2.826.0.1.3680043.8.498.770002"
+
+
+def _instance(study: str) -> bytes:
+    path = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID, ds.SOPInstanceUID = study, study + ".9"
+    ds.SeriesInstanceUID = study + ".1"
+    ds.PatientID, ds.IssuerOfPatientID = INS, "ASIP-SANTE-INS-NIR"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def pro(platform: Running, sub: str, physician: bool = False) -> dict[str, str]:
+    claims = {"structure": C} | ({"profession": "10"} if physician else {})
+    return platform.headers("professional", sub, **claims)
+
+
+def patient(platform: Running) -> dict[str, str]:
+    return platform.headers("patient", "patient-e2e", ins=INS)
+
+
+async def studies(http: httpx.AsyncClient, platform: Running, headers: dict[str, str]) -> set[str]:
+    response = await http.get(f"{platform.url}/studies", headers=headers)
+    assert response.status_code == 200, response.text
+    return {value(item, "0020000D") for item in response.json()}
+
+
+async def eventually(
+    http: httpx.AsyncClient, platform: Running, headers: dict[str, str], expected: set[str]
+) -> set[str]:
+    """Poll until the studies a caller sees are `expected` (the projection is a consumer)."""
+    deadline = time.monotonic() + 10.0
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = await studies(http, platform, headers)
+        if seen == expected:
+            return seen
+        await asyncio.sleep(0.05)
+    return seen
+
+
+async def api(
+    http: httpx.AsyncClient,
+    platform: Running,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+) -> httpx.Response:
+    return await http.request(
+        method, f"{platform.platform.base_url}/api{path}", headers=headers, json=body
+    )
+
+
+@pytest.fixture(scope="module")
+async def stored(platform: Running) -> Running:
+    """One study of the patient at structure A, one at structure B."""
+    async with httpx.AsyncClient(timeout=60.0) as http:
+        for structure, study in ((A, STUDY_A), (B, STUDY_B)):
+            r = await stow(http, platform.url, platform.producer(structure), [_instance(study)])
+            assert r.status_code == 200, r.text
+        await wait_for(http, platform.url, "studies", platform.admin(), 2, PatientID=INS)
+    return platform
+
+
+async def test_care_relationship_then_opposition(stored: Running, http: httpx.AsyncClient) -> None:
+    platform = stored
+    doctor = pro(platform, "810000000011")
+    assert await studies(http, platform, doctor) == set()
+
+    r = await api(http, platform, "POST", "/care-relationships", platform.producer(B),
+                  {"professional": "810000000011", "patient_ins": INS})  # fmt: skip
+    assert r.status_code == 201, r.text
+    care_id = r.json()["id"]
+    assert await eventually(http, platform, doctor, {STUDY_A, STUDY_B}) == {STUDY_A, STUDY_B}
+
+    r = await api(http, platform, "POST", "/opposition", patient(platform), {})
+    assert r.status_code == 200, r.text
+    assert r.json()["active"] is True
+    assert await eventually(http, platform, doctor, set()) == set()
+    # The producing structure keeps its own study; the patient keeps theirs.
+    assert await studies(http, platform, platform.producer(A)) >= {STUDY_A}
+    assert await studies(http, platform, patient(platform)) == {STUDY_A, STUDY_B}
+    # Break-the-glass is impossible under opposition.
+    r = await api(http, platform, "POST", "/break-the-glass", pro(platform, "810000000099", True),
+                  {"patient_ins": INS, "justification": "unconscious patient, head trauma"})  # fmt: skip
+    assert r.status_code == 403
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+    r = await api(http, platform, "POST", "/opposition/lift", patient(platform), {})
+    assert r.status_code == 200, r.text
+    assert await eventually(http, platform, doctor, {STUDY_A, STUDY_B}) == {STUDY_A, STUDY_B}
+    r = await api(
+        http, platform, "POST", f"/care-relationships/{care_id}/end", platform.producer(B)
+    )
+    assert r.status_code == 200, r.text
+    assert await eventually(http, platform, doctor, set()) == set()
+
+
+async def test_share_code_scope_binding_and_revocation(
+    stored: Running, http: httpx.AsyncClient
+) -> None:
+    platform = stored
+    first, second = pro(platform, "810000000021"), pro(platform, "810000000022")
+    r = await api(http, platform, "POST", "/share-codes", patient(platform),
+                  {"scope": "study", "study_uid": STUDY_B})  # fmt: skip
+    assert r.status_code == 201, r.text
+    code, code_id = r.json()["code"], r.json()["share_code"]["id"]
+
+    r = await api(http, platform, "POST", "/share-codes/redeem", first, {"code": code})
+    assert r.status_code == 200, r.text
+    assert r.json()["study_uid"] == STUDY_B
+    assert await eventually(http, platform, first, {STUDY_B}) == {STUDY_B}
+    r = await api(http, platform, "POST", "/share-codes/redeem", second, {"code": code})
+    assert r.status_code == 403
+    assert await studies(http, platform, second) == set()
+
+    listed = await api(http, platform, "GET", "/share-codes", patient(platform))
+    assert [c["bound_to"] for c in listed.json() if c["id"] == code_id] == ["810000000021"]
+    r = await api(http, platform, "POST", f"/share-codes/{code_id}/revoke", patient(platform))
+    assert r.status_code == 200, r.text
+    assert await eventually(http, platform, first, set()) == set()
+
+
+async def test_guessing_share_codes_is_locked_out(stored: Running, http: httpx.AsyncClient) -> None:
+    platform = stored
+    guesser = pro(platform, "810000000031")
+    statuses = []
+    for n in range(12):
+        r = await api(http, platform, "POST", "/share-codes/redeem", guesser,
+                      {"code": f"ABCD-EFGH-{n:04d}"})  # fmt: skip
+        statuses.append(r.status_code)
+    assert set(statuses[:10]) == {403}
+    assert statuses[10:] == [429, 429]
+    assert "retry-after" in r.headers
+
+
+async def test_policy_apis_need_a_token_and_the_right_role(
+    stored: Running, http: httpx.AsyncClient
+) -> None:
+    platform = stored
+    r = await api(http, platform, "POST", "/share-codes/redeem", {}, {"code": "x"})
+    assert r.status_code == 401
+    r = await api(http, platform, "POST", "/care-relationships", pro(platform, "810000000041"),
+                  {"professional": "810000000041", "patient_ins": INS})  # fmt: skip
+    assert r.status_code == 403
+    r = await api(http, platform, "POST", "/share-codes", patient(platform), {"scope": "nope"})
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/problem+json")
