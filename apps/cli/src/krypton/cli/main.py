@@ -17,6 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
+from krypton.audit.verify import add_parser as add_audit_parser
+
 __all__ = ["main"]
 
 _RUNNABLE = ("gateway", "ingest", "index", "authorize", "render", "audit")
@@ -88,6 +90,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _embedded_dsn(state_dir: Path) -> None:
+    """Point maintenance commands at the embedded PostgreSQL of `krypton up` unless told otherwise."""
+    dsn_file = state_dir / "pg-dsn"
+    if "KRYPTON_PG_DSN" not in os.environ and dsn_file.exists():
+        os.environ["KRYPTON_PG_DSN"] = dsn_file.read_text().strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -125,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     issuer.add_argument("--port", type=int, default=8081)
     issuer.set_defaults(func=_cmd_issuer)
 
+    add_audit_parser(sub)
+
     demo = sub.add_parser("demo", help="demo data")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True)
     load = demo_sub.add_parser("load", help="push demo studies through STOW-RS")
@@ -139,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `krypton` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "audit":
+        _embedded_dsn(_state_dir(args))
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(args.func(args))
 

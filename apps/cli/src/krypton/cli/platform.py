@@ -93,6 +93,10 @@ class Platform:
         (self.state_dir / "objects").mkdir(exist_ok=True)
         self.nats = await asyncio.to_thread(start_nats, self.state_dir / "nats", self.nats_port)
         self.pg_dsn = await asyncio.to_thread(start_postgres, self.state_dir / "pg")
+        # Maintenance commands (`krypton audit verify`) find the embedded database here.
+        dsn_file = self.state_dir / "pg-dsn"
+        dsn_file.write_text(self.pg_dsn + "\n")
+        dsn_file.chmod(0o600)
         env = self.service_env()
         python = sys.executable
         self.supervisor.add(
