@@ -8,6 +8,7 @@ from typing import Any
 
 from faststream import FastStream
 
+from krypton.core.gc_tuning import tune_gc
 from krypton.core.logging import configure_logging
 from krypton.core.settings import KryptonSettings
 from krypton.telemetry.setup import setup_telemetry
@@ -21,4 +22,5 @@ def run_service(name: str, build_app: Callable[[KryptonSettings], tuple[FastStre
     configure_logging(name, settings.log_level, settings.log_json)
     setup_telemetry(name)
     app, _ = build_app(settings)
+    tune_gc()
     asyncio.run(app.run())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from krypton.core.gc_tuning import tune_gc
 from krypton.core.logging import configure_logging
 from krypton.core.settings import KryptonSettings
 from krypton.gateway.app import create_app
@@ -17,8 +18,10 @@ def main() -> None:
     settings = KryptonSettings()
     configure_logging("gateway", settings.log_level, settings.log_json)
     setup_telemetry("gateway")
+    app = create_app(settings)
+    tune_gc()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
