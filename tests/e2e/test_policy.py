@@ -180,3 +180,91 @@ async def test_policy_apis_need_a_token_and_the_right_role(
     r = await api(http, platform, "POST", "/share-codes", patient(platform), {"scope": "nope"})
     assert r.status_code == 400
     assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def _history_until(
+    http: httpx.AsyncClient, platform: Running, check: Any, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """The patient's access history, polled until `check(events)` holds (the log is async)."""
+    deadline = time.monotonic() + timeout
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        r = await http.get(
+            f"{platform.platform.base_url}/api/audit/me",
+            headers=patient(platform),
+            params={"limit": 1000},
+        )
+        if r.status_code == 200:
+            events = [record["event"] for record in r.json()]
+            if check(events):
+                return events
+        await asyncio.sleep(0.2)
+    return events
+
+
+async def test_the_patients_history_shows_each_basis_and_each_refusal(
+    stored: Running, http: httpx.AsyncClient
+) -> None:
+    platform = stored
+    carer, emergency, holder, other = "810000000051", "810000000052", "810000000053", "810000000054"
+    r = await api(http, platform, "POST", "/care-relationships", platform.producer(B),
+                  {"professional": carer, "patient_ins": INS})  # fmt: skip
+    assert r.status_code == 201, r.text
+    # A professional of another structure searches: seen through the care relationship.
+    assert await eventually(http, platform, pro(platform, carer), {STUDY_A, STUDY_B})
+    # ... and reads the study's metadata (WADO): the same basis is recorded.
+    r = await http.get(f"{platform.url}/studies/{STUDY_A}/metadata", headers=pro(platform, carer))
+    assert r.status_code == 200, r.text
+    justification = "unconscious patient brought to the emergency room"
+    r = await api(http, platform, "POST", "/break-the-glass", pro(platform, emergency, True),
+                  {"patient_ins": INS, "justification": justification})  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = await api(http, platform, "POST", "/share-codes", patient(platform), {})
+    assert r.status_code == 201, r.text
+    code = r.json()["code"]
+    r = await api(http, platform, "POST", "/share-codes/redeem", pro(platform, holder),
+                  {"code": code})  # fmt: skip
+    assert r.status_code == 200, r.text
+    r = await api(http, platform, "POST", "/share-codes/redeem", pro(platform, other),
+                  {"code": code})  # fmt: skip
+    assert r.status_code == 403
+
+    def by(events: list[dict[str, Any]], sub: str, type_: str) -> list[dict[str, Any]]:
+        return [e for e in events if e["actor"]["sub"] == sub and e["type"] == type_]
+
+    def complete(events: list[dict[str, Any]]) -> bool:
+        return all((
+            any(e["basis"] == "care_relationship" for e in by(events, carer, "search")),
+            by(events, carer, "retrieve.metadata"),
+            by(events, emergency, "btg.opened"), by(events, holder, "sharecode.used"),
+            by(events, other, "sharecode.used"),
+        ))  # fmt: skip
+
+    events = await _history_until(http, platform, complete)
+    assert complete(events), events
+    care_search = next(e for e in by(events, carer, "search") if e["study_uids"])
+    assert care_search["basis"] == "care_relationship"
+    assert set(care_search["study_uids"]) == {STUDY_A, STUDY_B}
+    assert care_search["actor"]["structure"] == C
+    (care_read,) = by(events, carer, "retrieve.metadata")
+    assert care_read["basis"] == "care_relationship"
+    assert care_read["study_uids"] == [STUDY_A]
+    (declared,) = by(events, f"ris-{B}", "care.changed")[:1]
+    assert declared["detail"] == {}  # technical details are not shown to the patient
+    (btg,) = by(events, emergency, "btg.opened")
+    assert (btg["outcome"], btg["basis"]) == ("success", "break_the_glass")
+    assert btg["justification"] == justification
+    (used,) = by(events, holder, "sharecode.used")
+    assert (used["outcome"], used["basis"]) == ("success", "share_code")
+    (denied,) = by(events, other, "sharecode.used")
+    assert denied["outcome"] == "denied"
+    assert denied["reason"] == "share code not valid"
+    assert by(events, "patient-e2e", "sharecode.created")
+    # The refusal was recorded once, by authorize (with the patient), not again by the gateway.
+    admin = await http.get(
+        f"{platform.platform.base_url}/api/audit/events", headers=platform.admin(),
+        params={"actor": other, "limit": 100},
+    )  # fmt: skip
+    assert admin.status_code == 200, admin.text
+    types = [r["event"]["type"] for r in admin.json()]
+    assert [t for t in types if not t.startswith("auth.")] == ["sharecode.used"]

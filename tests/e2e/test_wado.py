@@ -25,6 +25,7 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from krypton.dicom.identity import ins_key
 from krypton.dicom.testfiles import pydicom_test_files
 
 from .conftest import Running
@@ -288,8 +289,10 @@ async def test_unproducible_syntax_and_media_types_are_406(
 ) -> None:
     auth = platform.producer(STRUCTURE)
     item = next(s for s in stored if s.pixels and s.syntax == ExplicitVRLittleEndian)
-    jpeg_ls = f"{DICOM}; transfer-syntax=1.2.840.10008.1.2.4.80"
-    response = await http.get(f"{platform.url}/{item.url}", headers={**auth, "Accept": jpeg_ls})
+    jpeg_lossless = f"{DICOM}; transfer-syntax=1.2.840.10008.1.2.4.57"  # decoded, not written
+    response = await http.get(
+        f"{platform.url}/{item.url}", headers={**auth, "Accept": jpeg_lossless}
+    )
     assert response.status_code == 406
     response = await http.get(f"{platform.url}/{item.url}", headers={**auth, "Accept": "text/html"})
     assert response.status_code == 406
@@ -326,3 +329,139 @@ async def test_dicomweb_client_retrieves_like_a_viewer(
         assert image[:2] == b"\xff\xd8"
 
     await asyncio.to_thread(run)
+
+
+async def test_instances_transcode_to_every_lossless_syntax_with_the_same_pixels(
+    platform: Running, stored: list[Stored], http: httpx.AsyncClient
+) -> None:
+    auth = platform.producer(STRUCTURE)
+    sources = {
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+    }
+    by_syntax = {
+        s.syntax: s
+        for s in reversed(stored)
+        if s.pixels
+        and s.syntax in sources
+        and pydicom.dcmread(s.path, stop_before_pixels=True).BitsAllocated in (8, 16)
+        and _decodable(s.path) is not None
+    }
+    items = list(by_syntax.values())  # files sharing SOP UIDs leave few; unit tests do all
+    assert len(items) >= 2
+    for item in items:
+        reference = _decodable(item.path)
+        for syntax in (
+            "1.2.840.10008.1.2.5",
+            "1.2.840.10008.1.2.4.80",
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.201",
+        ):
+            accept = f"{DICOM}; transfer-syntax={syntax}"
+            response = await http.get(
+                f"{platform.url}/{item.url}", headers={**auth, "Accept": accept}
+            )
+            assert response.status_code == 200, (item.path.name, syntax, response.text)
+            [(content_type, body)] = parse_multipart(response)
+            assert content_type.endswith(syntax)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(body))
+                assert ds.file_meta.TransferSyntaxUID == syntax
+                np.testing.assert_array_equal(
+                    ds.pixel_array, reference, err_msg=f"{item.path.name} {syntax}"
+                )
+
+
+async def test_ingest_precomputes_an_htj2k_copy_and_a_thumbnail(
+    platform: Running, stored: list[Stored]
+) -> None:
+    item = next(s for s in stored if s.path.name == "CT_small.dcm")
+    root = platform.platform.state_dir
+    names = ("ts-1.2.840.10008.1.2.4.201.dcm", "thumbnail-v1.jpg")
+    found: set[str] = set()
+    for _ in range(300):
+        found = {p.name for p in root.rglob(f"derived/*/*/{item.sop}/*") if p.name in names}
+        if len(found) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert found == set(names)
+
+
+async def test_bulk_pixel_data_is_served_whole_and_by_range(
+    platform: Running, stored: list[Stored], http: httpx.AsyncClient
+) -> None:
+    auth = platform.producer(STRUCTURE)
+    item = next(s for s in stored if s.path.name == "CT_small.dcm")
+    metadata = await http.get(f"{platform.url}/{item.url}/metadata", headers=auth)
+    uri = metadata.json()[0]["7FE00010"]["BulkDataURI"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels = pydicom.dcmread(item.path).PixelData
+    whole = await http.get(uri, headers={**auth, "Accept": "application/octet-stream"})
+    assert whole.status_code == 200, whole.text
+    assert whole.content == pixels
+    part = await http.get(
+        uri, headers={**auth, "Accept": "application/octet-stream", "Range": "bytes=100-199"}
+    )
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 100-199/{len(pixels)}"
+    assert part.content == pixels[100:200]
+    multipart = await http.get(uri, headers=auth)
+    [(content_type, body)] = parse_multipart(multipart)
+    assert content_type.startswith("application/octet-stream")
+    assert body == pixels
+    beyond = await http.get(
+        uri, headers={**auth, "Accept": "application/octet-stream", "Range": "bytes=999999-"}
+    )
+    assert beyond.status_code == 416
+
+
+async def test_rendered_series_is_each_instance_rendered(
+    platform: Running, stored: list[Stored], http: httpx.AsyncClient
+) -> None:
+    item = next(s for s in stored if s.path.name == "CT_small.dcm")
+    headers = {**platform.producer(STRUCTURE), "Accept": "image/jpeg"}
+    response = await http.get(
+        f"{platform.url}/studies/{item.study}/series/{item.series}/rendered", headers=headers
+    )
+    assert response.status_code == 200, response.text
+    parts = parse_multipart(response)
+    assert parts
+    assert all(t == "image/jpeg" and b[:2] == b"\xff\xd8" for t, b in parts)
+
+
+async def test_a_retrieval_appears_in_the_patients_access_history(
+    platform: Running, http: httpx.AsyncClient
+) -> None:
+    nir = "1850599123411"
+    ins = nir + ins_key(nir)
+    study = "1.2.826.0.1.3680043.8.498.770001"
+    path = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, study + ".1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = study + ".1.1"
+    ds.PatientID, ds.IssuerOfPatientID = ins, "INS-NIR"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    producer = platform.producer(STRUCTURE)
+    assert (await stow(http, platform.url, producer, [out.getvalue()])).status_code == 200
+    await wait_for(http, platform.url, "studies", producer, 1, StudyInstanceUID=study)
+    response = await http.get(f"{platform.url}/studies/{study}", headers=producer)
+    assert response.status_code == 200
+    patient = platform.headers("patient", "patient-wado", ins=ins)
+    api = f"{platform.platform.base_url}/api/audit/me"
+    events: list[dict[str, Any]] = []
+    for _ in range(300):
+        answer = await http.get(api, headers=patient, params={"type": "retrieve.instance"})
+        if answer.status_code == 200 and (events := answer.json()):
+            break
+        await asyncio.sleep(0.2)
+    assert events, "the retrieval never reached the patient's access history"
+    event = events[0]["event"]
+    assert event["type"] == "retrieve.instance"
+    assert event["study_uids"] == [study]
+    assert event["basis"] == "producing_structure"
+    assert event["actor"]["structure"] == STRUCTURE

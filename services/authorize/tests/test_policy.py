@@ -56,7 +56,9 @@ async def allows(
 
 
 async def events(pool: asyncpg.Pool) -> list[PolicyEvent]:
-    rows = await pool.fetch("SELECT payload FROM authz.outbox ORDER BY id")
+    rows = await pool.fetch(
+        "SELECT payload FROM authz.outbox WHERE subject LIKE '%.policy.changed.%' ORDER BY id"
+    )
     return [msgspec.json.decode(r["payload"], type=PolicyEvent) for r in rows]
 
 

@@ -265,3 +265,33 @@ async def test_no_sequence_shows_what_the_rules_deny(
         delivered = delivered[size:]
     for actor in ACTORS:
         assert await visible(world, actor) == reference(ops, actor), actor.sub
+
+
+async def test_qido_tells_why_a_professional_sees_each_study(world: asyncpg.Pool) -> None:
+    def basis_grant(gid: str, basis: AccessBasisValues, **kw: object) -> GrantChanged:
+        return msgspec.structs.replace(grant(gid, 1, actor="dr1", **kw), basis=basis)  # type: ignore[arg-type]
+
+    await apply_policy_events(
+        world,
+        [
+            basis_grant("care", AccessBasisValues.CARE, patient=P2),
+            basis_grant("btg", AccessBasisValues.BREAK_GLASS, patient=P2),
+            basis_grant("code", AccessBasisValues.SHARE_CODE, study="1.2"),
+        ],
+    )
+    query = parse_qido("study", [("limit", "100")])
+    response = await run_qido(world, QidoRequest(query=query, actor=DR1))
+    # Its own structure's study is not listed (producing structure); care ranks before
+    # break-the-glass; the rendered answer carries none of it.
+    assert response.access == {
+        "1.2": "share_code",
+        "1.3": "care_relationship",
+        "1.4": "care_relationship",
+    }
+    assert b"__basis" not in response.body
+    assert response.count == 4
+    series = parse_qido("series", [("limit", "100")])
+    by_series = await run_qido(world, QidoRequest(query=series, actor=DR1))
+    assert set(by_series.access) <= {"1.2", "1.3", "1.4"}
+    none = await run_qido(world, QidoRequest(query=query, actor=RIS_B))
+    assert none.access == {}

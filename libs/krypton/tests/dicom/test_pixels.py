@@ -1,4 +1,4 @@
-"""Transcoding to Explicit VR Little Endian keeps exactly the pixels pydicom decodes."""
+"""Transcoding keeps exactly the pixels pydicom decodes (lossless syntaxes); JPEG is close."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+)
 
-from krypton.dicom.codecs import can_produce, frame_media_type, is_native
-from krypton.dicom.pixels import DecodeError, decode_frame, to_explicit_le
+from krypton.dicom.codecs import LOSSLESS_ENCODABLE, can_produce, frame_media_type, is_native
+from krypton.dicom.pixels import DecodeError, decode_frame, to_explicit_le, transcode
 from krypton.dicom.testfiles import pydicom_test_files
 
 
@@ -51,4 +58,64 @@ def test_transfer_syntax_tables() -> None:
     assert frame_media_type(JPEGLSLossless) == "image/jls"
     assert frame_media_type(RLELossless) == "image/dicom-rle"
     assert can_produce(JPEGLSLossless, ExplicitVRLittleEndian)
-    assert not can_produce(ExplicitVRLittleEndian, JPEGLSLossless)
+    assert can_produce(ExplicitVRLittleEndian, JPEGLSLossless, 16)
+    assert not can_produce(ExplicitVRLittleEndian, JPEGBaseline8Bit, 16)
+    assert not can_produce(ExplicitVRLittleEndian, HTJ2KLossless, 1)
+    assert not can_produce(ExplicitVRLittleEndian, "1.2.840.10008.1.2.4.57")
+
+
+COMPRESSED_TARGETS = sorted(LOSSLESS_ENCODABLE - {ExplicitVRLittleEndian})
+
+
+@pytest.mark.parametrize("syntax", COMPRESSED_TARGETS, ids=lambda s: s.name)
+@pytest.mark.parametrize("path", DECODABLE, ids=lambda p: p.name)
+def test_lossless_transcoding_round_trips_pydicoms_pixels(path: Path, syntax: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = pydicom.dcmread(path, stop_before_pixels=True)
+        bits = int(source.get("BitsAllocated") or 0)
+        samples = int(source.get("SamplesPerPixel") or 1)
+        if source.file_meta.TransferSyntaxUID == syntax:
+            return  # served as stored, never transcoded
+        if not can_produce(str(source.file_meta.TransferSyntaxUID), syntax, bits, samples):
+            with pytest.raises(DecodeError):
+                transcode(path.read_bytes(), syntax)
+            return
+        out = transcode(path.read_bytes(), syntax)
+        ds = pydicom.dcmread(io.BytesIO(out))
+        assert ds.file_meta.TransferSyntaxUID == syntax
+        assert ds.SOPInstanceUID == source.SOPInstanceUID
+        np.testing.assert_array_equal(ds.pixel_array, _reference(path))
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "SC_rgb_rle.dcm", "examples_ybr_color.dcm", "MR_small.dcm"]
+)
+def test_jpeg_baseline_is_written_for_8_bit_data_only(name: str) -> None:
+    path = next((p for p in DECODABLE if p.name == name), None)
+    if path is None:
+        pytest.skip(f"{name} is not among this pydicom's test files")
+    reference = _reference(path)
+    assert reference is not None
+    if reference.dtype != np.uint8:
+        with pytest.raises(DecodeError, match="cannot be written"):
+            transcode(path.read_bytes(), JPEGBaseline8Bit)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(transcode(path.read_bytes(), JPEGBaseline8Bit)))
+        assert ds.LossyImageCompression == "01"
+        difference = np.abs(ds.pixel_array.astype(np.int16) - reference.astype(np.int16))
+    assert difference.mean() < 3
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "examples_jpeg2k.dcm"])
+def test_htj2k_frames_decode_with_the_fast_plugin_like_openjpeg(name: str) -> None:
+    path = next(p for p in DECODABLE if p.name == name)
+    htj2k = transcode(path.read_bytes(), HTJ2KLossless)
+    arr, _ = decode_frame(htj2k, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = pydicom.dcmread(io.BytesIO(htj2k)).pixel_array  # OpenJPEG
+    np.testing.assert_array_equal(arr, reference)
+    assert JPEG2000Lossless in LOSSLESS_ENCODABLE

@@ -37,8 +37,10 @@ __all__ = [
     "DECODABLE",
     "ENCODABLE",
     "FRAME_MEDIA_TYPES",
+    "LOSSLESS_ENCODABLE",
     "NATIVE",
     "OCTET_STREAM",
+    "can_encode",
     "can_produce",
     "default_syntax_for_media_type",
     "frame_media_type",
@@ -77,8 +79,21 @@ DECODABLE: Final = NATIVE | frozenset(
 )
 
 #: Syntaxes the transcode service writes. Explicit VR Little Endian is the one every
-#: client must accept (PS3.18 8.7.3.5.2); the others are left for later (see the issue).
-ENCODABLE: Final = frozenset({ExplicitVRLittleEndian})
+#: client must accept (PS3.18 8.7.3.5.2); the lossless codecs take 8- and 16-bit samples
+#: JPEG baseline 8-bit unsigned samples only (`can_encode`).
+ENCODABLE: Final = frozenset(
+    {
+        ExplicitVRLittleEndian,
+        RLELossless,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        HTJ2KLossless,
+        JPEGBaseline8Bit,
+    }
+)
+
+#: Encodable syntaxes that keep every sample value (pixel arrays equal after a round trip).
+LOSSLESS_ENCODABLE: Final = ENCODABLE - {JPEGBaseline8Bit}
 
 #: Media type → the transfer syntaxes a frame of that media type may be in (first = default).
 FRAME_MEDIA_TYPES: Final[dict[str, tuple[UID, ...]]] = {
@@ -121,12 +136,32 @@ def media_type_accepts_syntax(media_type: str, transfer_syntax: str) -> bool:
     return transfer_syntax in FRAME_MEDIA_TYPES.get(media_type, ())
 
 
-def can_produce(stored: str, wanted: str) -> bool:
+def can_encode(wanted: str, bits_allocated: int | None, samples: int | None = None) -> bool:
+    """Whether frames of `bits_allocated`-bit samples can be written in `wanted`.
+
+    Unknown sizes (None) are assumed encodable: the transcode worker checks the data set itself
+    and answers 406 when it cannot. 1-bit and floating point data only go to Explicit VR Little
+    Endian; the lossless encoders take 8 or 16 bits (pydicom's RLE encoder no more), JPEG
+    baseline 8 bits with one or three samples.
+    """
+    uid = UID(wanted)
+    if uid not in ENCODABLE:
+        return False
+    if uid == ExplicitVRLittleEndian or bits_allocated is None:
+        return True
+    if uid == JPEGBaseline8Bit:
+        return bits_allocated == 8 and samples in (None, 1, 3)
+    return bits_allocated in (8, 16)
+
+
+def can_produce(
+    stored: str, wanted: str, bits_allocated: int | None = None, samples: int | None = None
+) -> bool:
     """Whether an instance stored in `stored` can be served in `wanted`.
 
     The original syntax always can; otherwise the stored pixels must decode and the wanted
-    syntax must be one the transcode service writes.
+    syntax must be one the transcode service writes for samples of `bits_allocated` bits.
     """
     if wanted == stored:
         return True
-    return UID(stored) in DECODABLE and UID(wanted) in ENCODABLE
+    return UID(stored) in DECODABLE and can_encode(wanted, bits_allocated, samples)

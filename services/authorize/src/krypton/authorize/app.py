@@ -19,7 +19,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from krypton.authorize.handlers import handle_command
+from krypton.authorize.cache import DecisionCache, decode_event
+from krypton.authorize.handlers import OPERATIONS, handle_command
 from krypton.authorize.outbox import OutboxPublisher
 from krypton.authorize.policy import Policy
 from krypton.authorize.schema import migrate
@@ -32,6 +33,7 @@ from krypton.contracts.authorize.v1 import (
     DecideBatchRequest,
     DecideBatchResponse,
     DecideRequest,
+    DecideResponse,
 )
 from krypton.core.logging import configure_logging, get_logger
 from krypton.core.settings import KryptonSettings
@@ -52,6 +54,7 @@ class AuthorizeService:
     policy: Policy
     publisher: OutboxPublisher
     subscriptions: list[Subscription]
+    cache: DecisionCache
 
     @classmethod
     async def start(
@@ -68,16 +71,35 @@ class AuthorizeService:
         await migrate(pool)
         nc = await connect(settings.nats_url, "authorize")
         js = nc.jetstream()
-        await streams.provision(js, (streams.POLICY,))
+        # AUDIT too: the outbox also publishes the audit events of policy commands.
+        await streams.provision(js, (streams.POLICY, streams.AUDIT))
         policy = Policy(pool, authz)
-        publisher = OutboxPublisher(pool, js)
+        cache = DecisionCache(ttl=authz.decision_cache_seconds)
+
+        def forget(subject: str, payload: bytes) -> None:
+            if subject.startswith(subjects.POLICY_CHANGED):
+                event = decode_event(payload)
+                if event is not None:
+                    cache.invalidate(event)
+
+        publisher = OutboxPublisher(pool, js, on_published=forget)
         await publisher.start()
-        service = cls(nc=nc, pool=pool, policy=policy, publisher=publisher, subscriptions=[])
+        service = cls(
+            nc=nc, pool=pool, policy=policy, publisher=publisher, subscriptions=[], cache=cache
+        )
+        # Every replica (no queue group) hears every change, its own and the others'.
+        service.subscriptions.append(
+            await nc.subscribe(f"{subjects.POLICY_CHANGED}.>", cb=service._on_policy_changed)
+        )
+        # Command subjects by family (care.>, code.>, ...), never one ``svc.authz.>``: two
+        # subscriptions of one queue group that both match a subject share its messages, so a
+        # wildcard would take (and drop) half of the decisions.
+        families = sorted({op.split(".", 1)[0] for op in OPERATIONS})
         for subject, cb in (
             (subjects.SVC_AUTHZ_DECIDE, service._on_decide),
             (subjects.SVC_AUTHZ_DECIDE_BATCH, service._on_decide_batch),
             (subjects.SVC_AUTHZ_PING, service._on_ping),
-            (f"{subjects.SVC_AUTHZ}.>", service._on_command),
+            *((f"{subjects.SVC_AUTHZ}.{family}.>", service._on_command) for family in families),
         ):
             service.subscriptions.append(await nc.subscribe(subject, queue=QUEUE, cb=cb))
         _log.info("authorize ready")
@@ -107,12 +129,26 @@ class AuthorizeService:
             await self._respond(msg, 400, encode({"detail": "malformed decide request"}), {})
             return
         try:
-            decision = await self.policy.decide(request)
+            decision = await self._decide(request)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             _log.warning("decision failed", error=repr(exc))
             await self._respond(msg, 503, encode({"detail": "policy store unavailable"}), {})
             return
         await self._respond(msg, 200, encode(decision), {})
+
+    async def _decide(self, request: DecideRequest) -> DecideResponse:
+        """A decision, from the cache when a fresh one is there."""
+        cached = self.cache.get(request)
+        if cached is not None:
+            return cached
+        decision = await self.policy.decide(request)
+        self.cache.put(request, decision)
+        return decision
+
+    async def _on_policy_changed(self, msg: Msg) -> None:
+        event = decode_event(msg.data)
+        if event is not None:
+            self.cache.invalidate(event)
 
     async def _on_decide_batch(self, msg: Msg) -> None:
         try:
@@ -121,7 +157,7 @@ class AuthorizeService:
             await self._respond(msg, 400, encode({"detail": "malformed decide request"}), {})
             return
         try:
-            decisions = await self.policy.decide_many(batch.requests)
+            decisions = [await self._decide(r) for r in batch.requests]
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             _log.warning("decision failed", error=repr(exc))
             await self._respond(msg, 503, encode({"detail": "policy store unavailable"}), {})
@@ -138,8 +174,6 @@ class AuthorizeService:
 
     async def _on_command(self, msg: Msg) -> None:
         op = msg.subject.removeprefix(f"{subjects.SVC_AUTHZ}.")
-        if op in ("decide", "decide_batch", "ping"):
-            return  # served by their own subscriptions
         try:
             status, body, headers = await handle_command(self.policy, self.publisher, op, msg.data)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

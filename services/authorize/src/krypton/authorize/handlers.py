@@ -3,7 +3,9 @@
 Commands arrive as `AuthzCommand`s; the reply body is JSON (the result, or a problem detail)
 and its HTTP status rides in the ``Krypton-Status`` header, so the gateway forwards both as
 they are. Every command that changed something has its events on the bus before the reply:
-a 2xx means the change is durable and published.
+a 2xx means the change is durable and published. Changes and refusals (403, 429) are audited
+by authorize itself (`krypton.authorize.trail`); a refusal's reply carries ``Krypton-Audited``
+so the gateway does not record it a second time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from krypton.authorize import trail
 from krypton.authorize.errors import PolicyError
 from krypton.authorize.outbox import OutboxPublisher
 from krypton.authorize.policy import Policy
@@ -32,10 +35,14 @@ from krypton.contracts.authorize.v1 import (
 )
 from krypton.core.logging import get_logger
 
-__all__ = ["OPERATIONS", "Reply", "handle_command"]
+__all__ = ["AUDITED_HEADER", "OPERATIONS", "Reply", "handle_command"]
 
 _log = get_logger("krypton.authorize.handlers")
 T = TypeVar("T")
+
+#: Reply header telling the gateway that authorize recorded the refusal's audit event.
+AUDITED_HEADER: Final = "Krypton-Audited"
+_REFUSALS: Final = frozenset({403, 429})
 
 #: (status, JSON body, extra headers)
 Reply = tuple[int, bytes, dict[str, str]]
@@ -190,15 +197,22 @@ async def handle_command(policy: Policy, publisher: OutboxPublisher, op: str, da
         command = msgspec.json.decode(data, type=AuthzCommand)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return 400, _problem(400, "malformed command"), {}
+    token = trail.bind(trail.CallContext(trace_id=command.trace_id, resource=command.resource))
     try:
         status, result = await operation(policy, command)
     except PolicyError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
-        if exc.status == 403 or exc.status == 429:
-            # Refusals are security events: log who and what, never the body (a share code).
+        if exc.status in _REFUSALS:
+            # Refusals are security events: log who and what, never the body (a share code),
+            # and audit them (fail closed: if that write fails the caller gets a 503).
             _log.info("policy command refused", op=op, actor=command.actor.sub, status=exc.status)
+            if not exc.audited:
+                await policy.record_refusal(command.actor, op, exc)
+            headers[AUDITED_HEADER] = "1"
         # Failures may have written events too (a share code locked by failed attempts).
         await _publish(publisher)
         return exc.status, _problem(exc.status, exc.reason), headers
+    finally:
+        trail.unbind(token)
     await _publish(publisher)
     return status, encode(result), {}

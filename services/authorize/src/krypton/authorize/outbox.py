@@ -21,10 +21,11 @@ from nats.js import JetStreamContext
 
 from krypton.bus.codec import encode
 from krypton.contracts import subjects
+from krypton.contracts.audit.v1 import AuditEvent
 from krypton.contracts.authorize.v1 import PolicyEvent
 from krypton.core.logging import get_logger
 
-__all__ = ["OutboxPublisher", "append", "msg_id"]
+__all__ = ["Conn", "OutboxPublisher", "append", "append_audit", "msg_id"]
 
 _log = get_logger("krypton.authorize.outbox")
 _BATCH: Final = 256
@@ -37,15 +38,15 @@ _KIND: Final = {
 }
 
 
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
 def msg_id(outbox_id: int) -> str:
     """The JetStream de-duplication id of an outbox row."""
     return f"authz-outbox-{outbox_id}"
 
 
-async def append(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
-    make: Callable[[int], PolicyEvent],
-) -> PolicyEvent:
+async def append(conn: Conn, make: Callable[[int], PolicyEvent]) -> PolicyEvent:
     """Write one event in the caller's transaction; `make(version)` builds it.
 
     Returns:
@@ -63,14 +64,43 @@ async def append(
     return event
 
 
+async def append_audit(conn: Conn, event: AuditEvent) -> None:
+    """Write one audit event in the caller's transaction (published on ``audit.event.<type>``).
+
+    Audit rows share the outbox and its order with policy events: the audit trail of a change
+    is committed with the change and published with it.
+    """
+    await conn.execute(
+        "INSERT INTO authz.outbox (subject, payload) VALUES ($1, $2)",
+        subjects.audit_event(event.type.value),
+        encode(event),
+    )
+
+
 class OutboxPublisher:
     """Publishes the outbox: at once when poked after a commit, and every `interval` seconds."""
 
-    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, interval: float = 1.0) -> None:
-        """Prepare; `start` launches the background loop."""
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        *,
+        interval: float = 1.0,
+        on_published: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        """Prepare; `start` launches the background loop.
+
+        Args:
+            pool: Connections to the ``authz`` schema.
+            js: Where to publish.
+            interval: Seconds between two looks at the table when nobody pokes.
+            on_published: Called with (subject, payload) of each row once published (the
+                decision cache forgets what the change touched before the command answers).
+        """
         self._pool = pool
         self._js = js
         self._interval = interval
+        self._on_published = on_published
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -124,6 +154,8 @@ class OutboxPublisher:
                     failure = exc  # keep order: stop here, mark what went out
                     break
                 done.append(row["id"])
+                if self._on_published is not None:
+                    self._on_published(row["subject"], bytes(row["payload"]))
             if done:
                 await conn.execute(
                     "UPDATE authz.outbox SET published_at = now() WHERE id = ANY($1::bigint[])",

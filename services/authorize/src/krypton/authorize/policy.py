@@ -28,9 +28,15 @@ from typing import Any, Final
 import asyncpg
 
 from krypton.auth.claims import FINESS_PATTERN, INS_PATTERN
-from krypton.authorize import codes, outbox
+from krypton.authorize import codes, outbox, trail
 from krypton.authorize.errors import PolicyError
 from krypton.authorize.settings import AuthorizeSettings
+from krypton.contracts.audit.v1 import (
+    AccessBasisValues as AuditBasis,
+    AuditEvent,
+    AuditEventTypeValues as AuditType,
+    AuditOutcomeValues,
+)
 from krypton.contracts.authorize.v1 import (
     PHYSICIAN_PROFESSION,
     AccessBasisValues,
@@ -274,6 +280,27 @@ class Policy:
         """`decide` for each request, in order."""
         return [await self.decide(r) for r in requests]
 
+    # --- audit of refusals -------------------------------------------------------------
+
+    async def record_refusal(self, actor: Actor, op: str, error: PolicyError) -> None:
+        """Write the audit event of a refused command whose rule did not write one itself.
+
+        The event is the operation's own type (`trail.type_of`) with outcome ``denied``, in a
+        transaction of its own: the refused command's transaction rolled back.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await trail.record(
+                conn,
+                trail.event(
+                    trail.type_of(op),
+                    actor,
+                    patient_key=error.patient_key,
+                    outcome=AuditOutcomeValues.DENIED,
+                    reason=error.reason,
+                    detail={"operation": op, "status": str(error.status)},
+                ),
+            )
+
     # --- care relationships ------------------------------------------------------------
 
     async def declare_care(self, actor: Actor, body: CareDeclaration) -> CareRelationship:
@@ -343,6 +370,8 @@ class Policy:
                 study_uid, attestation,
             )  # fmt: skip
             await outbox.append(conn, lambda v: _care_grant(row, v, active=True))
+            action = "attested" if basis is CareBasisValues.SELF_ATTESTED else "declared"
+            await trail.record(conn, _care_audit(actor, row, action))
         return _care(row, now)
 
     async def end_care(self, actor: Actor, care_id: str) -> CareRelationship:
@@ -364,6 +393,7 @@ class Policy:
                 )  # fmt: skip
                 ended = row
                 await outbox.append(conn, lambda v: _care_grant(ended, v, active=False))
+                await trail.record(conn, _care_audit(actor, ended, "ended"))
         return _care(row, now)
 
     async def list_care(self, actor: Actor, patient_ins: str | None) -> list[CareRelationship]:
@@ -416,6 +446,7 @@ class Policy:
             await outbox.append(
                 conn, lambda v: _code_event(row, v, ShareCodeEventValues.CREATED, actor.sub, now)
             )
+            await trail.record(conn, _code_audit(AuditType.SHARECODE_CREATED, actor, row))
         return ShareCodeCreated(code=parts.display(), share_code=_code(row))
 
     async def list_codes(self, actor: Actor) -> list[ShareCode]:
@@ -453,6 +484,7 @@ class Policy:
                 )
                 if revoked["bound_to"] is not None:
                     await outbox.append(conn, lambda v: _code_grant(revoked, v))
+                await trail.record(conn, _code_audit(AuditType.SHARECODE_REVOKED, actor, revoked))
         return _code(row)
 
     async def redeem_code(self, actor: Actor, body: ShareCodeRedeem) -> ShareCodeRedeemed:
@@ -496,7 +528,7 @@ class Policy:
                     if hmac.compare_digest(bytes(row["secret_hash"]), digest):
                         matched = row
             if matched is None:
-                failure = PolicyError(403, _NOT_VALID)
+                failure = PolicyError(403, _NOT_VALID, audited=True)
                 await self._count_code_failures(conn, actor, candidates, now)
             elif matched["bound_to"] == actor.sub and matched["revoked_at"] is None:
                 pass  # the same professional again: nothing changes
@@ -506,7 +538,7 @@ class Policy:
                 or matched["bound_to"] is not None
                 or not matched["valid_from"] <= now < matched["valid_until"]
             ):
-                failure = PolicyError(403, _NOT_VALID)
+                failure = PolicyError(403, _NOT_VALID, audited=True)
                 await self._count_code_failures(conn, actor, [matched], now)
             else:
                 matched = await _one(
@@ -526,6 +558,26 @@ class Policy:
                     "INSERT INTO authz.redeem_failures (actor_sub, at) VALUES ($1, $2)",
                     actor.sub,
                     now,
+                )
+                # The patient is known when the code exists (bound to another, revoked,
+                # expired, locked): the refusal then shows in the patient's access history.
+                await trail.record(
+                    conn,
+                    trail.event(
+                        AuditType.SHARECODE_USED, actor,
+                        patient_key=matched["patient_key"] if matched is not None else None,
+                        study_uid=matched["study_uid"] if matched is not None else None,
+                        outcome=AuditOutcomeValues.DENIED, reason=_NOT_VALID,
+                        detail={"code_id": str(matched["id"])} if matched is not None else None,
+                    ),
+                )  # fmt: skip
+            else:
+                assert matched is not None
+                await trail.record(
+                    conn,
+                    _code_audit(
+                        AuditType.SHARECODE_USED, actor, matched, basis=AuditBasis.SHARE_CODE
+                    ),
                 )
         # Raised after the commit: the failure counts must be kept.
         if failure is not None:
@@ -589,6 +641,7 @@ class Policy:
                 )  # fmt: skip
                 keys = await _aliases(conn, key)
                 await outbox.append(conn, lambda v: _opposition_event(row, v, keys))
+                await trail.record(conn, _opposition_audit(AuditType.OPPOSITION_SET, actor, row))
             return await self._opposition_status(conn, key)
 
     async def lift_opposition(self, actor: Actor, body: OppositionChange) -> OppositionStatus:
@@ -605,7 +658,9 @@ class Policy:
             if active is not None:
                 if actor.role is RoleValues.PRODUCER and active["structure"] != actor.structure:
                     raise PolicyError(
-                        403, "only the patient or the structure that collected it may lift it"
+                        403,
+                        "only the patient or the structure that collected it may lift it",
+                        patient_key=key,
                     )
                 row = await _one(
                     conn,
@@ -615,6 +670,7 @@ class Policy:
                 )  # fmt: skip
                 keys = await _aliases(conn, key)
                 await outbox.append(conn, lambda v: _opposition_event(row, v, keys))
+                await trail.record(conn, _opposition_audit(AuditType.OPPOSITION_LIFTED, actor, row))
             return await self._opposition_status(conn, key)
 
     async def opposition_status(self, actor: Actor, patient_ins: str | None) -> OppositionStatus:
@@ -639,13 +695,20 @@ class Policy:
         """A physician opens emergency access; impossible when the patient opposes sharing."""
         _require(actor, RoleValues.PROFESSIONAL)
         if actor.profession != PHYSICIAN_PROFESSION:
-            raise PolicyError(403, "only physicians may break the glass")
+            named = body.patient_ins if INS_PATTERN.fullmatch(body.patient_ins) else None
+            raise PolicyError(
+                403,
+                "only physicians may break the glass",
+                patient_key=patient_key_of_ins(named) if named else None,
+            )
         justification = _text(
             body.justification, "justification", minimum=self.settings.justification_min_chars
         )
         assert justification is not None
         _check_uid(body.study_uid, "study_uid")
         key = patient_key_of_ins(_check_ins(body.patient_ins))
+        refused = f"{_OPPOSED}: break-the-glass is impossible"
+        row: asyncpg.Record | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_patient(conn, key)
             opposed = await conn.fetchval(
@@ -654,17 +717,38 @@ class Policy:
                 await _aliases(conn, key),
             )
             if opposed:
-                raise PolicyError(403, f"{_OPPOSED}: break-the-glass is impossible")
-            row = await _one(
-                conn,
-                "INSERT INTO authz.break_glass (id, actor_sub, actor_structure, patient_key,"
-                " study_uid, justification, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 hour') RETURNING *",
-                uuid.uuid4(), actor.sub, actor.structure, key, body.study_uid, justification,
-                self.settings.break_glass_hours,
-            )  # fmt: skip
-            await outbox.append(conn, lambda v: _break_glass_event(row, v))
-            await outbox.append(conn, lambda v: _break_glass_grant(row, v))
+                # Committed, then refused: the attempt stays in the patient's access history.
+                await trail.record(
+                    conn,
+                    trail.event(
+                        AuditType.BTG_OPENED, actor, patient_key=key, study_uid=body.study_uid,
+                        outcome=AuditOutcomeValues.DENIED, reason=refused,
+                        justification=justification,
+                    ),
+                )  # fmt: skip
+            else:
+                row = await _one(
+                    conn,
+                    "INSERT INTO authz.break_glass (id, actor_sub, actor_structure, patient_key,"
+                    " study_uid, justification, expires_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 hour') RETURNING *",
+                    uuid.uuid4(), actor.sub, actor.structure, key, body.study_uid, justification,
+                    self.settings.break_glass_hours,
+                )  # fmt: skip
+                opened = row
+                await outbox.append(conn, lambda v: _break_glass_event(opened, v))
+                await outbox.append(conn, lambda v: _break_glass_grant(opened, v))
+                await trail.record(
+                    conn,
+                    trail.event(
+                        AuditType.BTG_OPENED, actor, patient_key=key, study_uid=body.study_uid,
+                        basis=AuditBasis.BREAK_THE_GLASS, justification=justification,
+                        detail={"session_id": str(opened["id"]),
+                                "expires_at": opened["expires_at"].isoformat()},
+                    ),
+                )  # fmt: skip
+        if row is None:
+            raise PolicyError(403, refused, patient_key=key, audited=True)
         return _session(row)
 
     async def list_break_glass(self, actor: Actor, unreviewed: bool) -> list[BreakGlassSession]:
@@ -687,14 +771,21 @@ class Policy:
         """An admin records the review of a session."""
         _require(actor, RoleValues.ADMIN)
         note = _text(body.note, "note")
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE authz.break_glass SET reviewed_at = now(), reviewed_by = $2,"
                 " review_note = $3 WHERE id = $1 RETURNING *",
                 _uuid(session_id), actor.sub, note,
             )  # fmt: skip
-        if row is None:
-            raise PolicyError(404, "no such break-the-glass session")
+            if row is None:
+                raise PolicyError(404, "no such break-the-glass session")
+            await trail.record(
+                conn,
+                trail.event(
+                    AuditType.ADMIN_CHANGE, actor, patient_key=row["patient_key"],
+                    detail={"entity": "break_glass_review", "key": str(row["id"])},
+                ),
+            )  # fmt: skip
         return _session(row)
 
     # --- directory (admin) -------------------------------------------------------------
@@ -958,3 +1049,60 @@ async def _directory_event(conn: Conn, entity: str, key: str, actor: Actor) -> N
         conn,
         lambda v: DirectoryChanged(entity=entity, key=key, version=v, actor_sub=actor.sub, at=now),
     )
+    await trail.record(
+        conn,
+        trail.event(
+            AuditType.ADMIN_CHANGE,
+            actor,
+            patient_key=key if entity == "patient" else None,
+            detail={"entity": entity, "key": key},
+        ),
+    )
+
+
+# --- audit events ------------------------------------------------------------------------
+
+
+def _care_audit(actor: Actor, row: asyncpg.Record, action: str) -> AuditEvent:
+    return trail.event(
+        AuditType.CARE_CHANGED,
+        actor,
+        patient_key=row["patient_key"],
+        study_uid=row["study_uid"],
+        justification=row["attestation"],
+        detail={
+            "action": action,
+            "care_id": str(row["id"]),
+            "professional": row["actor_sub"],
+            "care_basis": row["basis"],
+            "ends_at": (row["ended_at"] or row["ends_at"]).isoformat(),
+        },
+    )
+
+
+def _code_audit(
+    type_: AuditType,
+    actor: Actor,
+    row: asyncpg.Record,
+    *,
+    basis: AuditBasis = AuditBasis.NONE,
+) -> AuditEvent:
+    return trail.event(
+        type_,
+        actor,
+        patient_key=row["patient_key"],
+        study_uid=row["study_uid"],
+        basis=basis,
+        detail={
+            "code_id": str(row["id"]),
+            "scope": row["scope"],
+            "valid_until": row["valid_until"].isoformat(),
+        },
+    )
+
+
+def _opposition_audit(type_: AuditType, actor: Actor, row: asyncpg.Record) -> AuditEvent:
+    detail = {"opposition_id": str(row["id"])}
+    if row["structure"]:
+        detail["collected_by"] = row["structure"]
+    return trail.event(type_, actor, patient_key=row["patient_key"], detail=detail)

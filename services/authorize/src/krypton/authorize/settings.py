@@ -37,6 +37,9 @@ class AuthorizeSettings(BaseSettings):
     care_default_days: int = 365
     care_max_days: int = 3 * 366
     justification_min_chars: int = 15
+    # Decisions served from memory for at most this long (0: no cache); policy events drop
+    # them at once, so this only bounds how late an expiry (which has no event) is noticed.
+    decision_cache_seconds: float = 1.0
 
     @model_validator(mode="after")
     def _refuse_development_pepper(self) -> AuthorizeSettings:

@@ -15,6 +15,7 @@ Usage in a route handler (after the data is ready, before returning it)::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
 from typing import Any
@@ -41,10 +42,13 @@ __all__ = [
     "AuditUnavailableError",
     "basis_for",
     "emit",
+    "emit_all",
     "event",
     "first_use",
     "query_string",
     "results_of",
+    "search_events",
+    "trace_id",
     "unavailable",
 ]
 
@@ -76,9 +80,10 @@ def unavailable() -> Response:
 
 
 def basis_for(actor: Actor) -> AccessBasisValues:
-    """Why `actor` sees what the index returns today (the rule of `index.qido_sql.access_predicate`).
+    """The basis on which `actor` sees data by role alone (`index.qido_sql.access_predicate`).
 
-    Care relationships, share codes and break-the-glass will come with their own events' basis.
+    A professional's grants (care relationship, share code, break-the-glass) give other bases
+    per study: the index names them (`search_events`).
     """
     if actor.role is RoleValues.ADMIN:
         return AccessBasisValues.ADMIN
@@ -158,17 +163,90 @@ def _first(element: _Element | None) -> str | None:
 
 def results_of(body: bytes) -> tuple[list[str], list[AuditPatient]]:
     """The distinct study UIDs and patient identifiers of a QIDO-RS DICOM JSON answer."""
+    by_study, patients = _results_by_study(body)
+    return list(by_study), [AuditPatient(patient_id=p, issuer=i) for p, i in patients]
+
+
+_PatientId = tuple[str, str | None]
+
+
+def _results_by_study(body: bytes) -> tuple[dict[str, set[_PatientId]], dict[_PatientId, None]]:
+    """Study UID → its patients' identifiers, and every patient identifier in answer order."""
     try:
         results = _results.decode(body)
     except msgspec.DecodeError:
-        return [], []
-    studies: dict[str, None] = {}
-    patients: dict[tuple[str, str | None], None] = {}
+        return {}, {}
+    studies: dict[str, set[_PatientId]] = {}
+    patients: dict[_PatientId, None] = {}
     for item in results:
         uid = _first(item.study)
-        if uid:
-            studies[uid] = None
         pid = _first(item.patient_id)
-        if pid:
-            patients[(pid, _first(item.issuer))] = None
-    return list(studies), [AuditPatient(patient_id=p, issuer=i) for p, i in patients]
+        patient = (pid, _first(item.issuer)) if pid else None
+        if patient is not None:
+            patients[patient] = None
+        if uid:
+            found = studies.setdefault(uid, set())
+            if patient is not None:
+                found.add(patient)
+    return studies, patients
+
+
+def search_events(
+    request: Request,
+    actor: Actor,
+    body: bytes,
+    access: dict[str, str],
+    **fields: Any,
+) -> list[AuditEvent]:
+    """The audit events of a search answer: one per access basis of the studies it disclosed.
+
+    `access` maps the studies a professional sees through a grant to the grant's basis (the
+    index's ``Krypton-Access`` reply header); the other studies are seen on the caller's own
+    basis (`basis_for`). A search whose results mix bases gives one event per basis, each
+    with its studies and their patients, so that each patient's history shows why *their*
+    studies were seen; the events share the request's trace id.
+    """
+    default = basis_for(actor)
+    by_study, patients = _results_by_study(body)
+    groups: dict[AccessBasisValues, list[str]] = {}
+    for uid in by_study:
+        try:
+            basis = AccessBasisValues(access.get(uid, default))
+        except ValueError:  # a basis this gateway does not know yet: still record the access
+            basis = default
+        groups.setdefault(basis, []).append(uid)
+    search = AuditEventTypeValues.SEARCH
+    if len(groups) <= 1:
+        everyone = [AuditPatient(patient_id=p, issuer=i) for p, i in patients]
+        basis = next(iter(groups), default)
+        return [
+            event(request, actor, search, basis=basis, study_uids=list(by_study),
+                  patients=everyone, **fields)
+        ]  # fmt: skip
+    detail: dict[str, str] = dict(fields.pop("detail", None) or {})
+    events = []
+    for n, (basis, uids) in enumerate(groups.items(), start=1):
+        theirs = {pid for uid in uids for pid in by_study[uid]}
+        events.append(
+            event(
+                request, actor, search, basis=basis, study_uids=uids,
+                patients=[AuditPatient(patient_id=p, issuer=i) for p, i in patients if (p, i) in theirs],
+                detail={**detail, "part": f"{n}/{len(groups)}"}, **fields,
+            )
+        )  # fmt: skip
+    return events
+
+
+async def emit_all(ctx: GatewayContext, audit_events: list[AuditEvent]) -> None:
+    """Publish several events concurrently; all must be acknowledged.
+
+    Raises:
+        AuditUnavailableError: one could not be recorded; refuse the request.
+    """
+    if len(audit_events) == 1:
+        await emit(ctx, audit_events[0])
+        return
+    results = await asyncio.gather(*(emit(ctx, e) for e in audit_events), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

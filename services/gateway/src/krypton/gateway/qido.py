@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import nats.errors
 from starlette.requests import Request
 from starlette.responses import Response
 
 from krypton.bus.codec import encode
 from krypton.contracts import subjects
-from krypton.contracts.audit.v1 import AuditEventTypeValues
 from krypton.contracts.common.v1 import Actor
 from krypton.contracts.index.v1 import QidoLevelValues, QidoRequest
 from krypton.core.errors import ValidationError
@@ -23,6 +23,7 @@ __all__ = ["search"]
 _log = get_logger("krypton.gateway.qido")
 DICOM_JSON = "application/dicom+json"
 _ACCEPTABLE = ("application/dicom+json", "application/json", "*/*", "application/*")
+_access = msgspec.json.Decoder(dict[str, str])
 
 
 def _accepts_json(accept: str) -> bool:
@@ -65,17 +66,21 @@ async def search(
         return problem(status, headers.get("Krypton-Reason", "search failed"))
     # Audit (issue 6): the search and the studies/patients it disclosed, durably, before the
     # answer leaves; no audit, no answer.
-    study_uids, patients = audit.results_of(reply.data)
+    # The index says which studies a professional sees through a grant (care relationship,
+    # share code, break-the-glass): one event per basis, so each patient sees why.
     try:
-        await audit.emit(
+        access = _access.decode(headers.get("Krypton-Access", "{}"))
+    except msgspec.DecodeError:
+        access = {}
+    try:
+        await audit.emit_all(
             ctx,
-            audit.event(
+            audit.search_events(
                 request,
                 actor,
-                AuditEventTypeValues.SEARCH,
+                reply.data,
+                access,
                 query=audit.query_string(request),
-                study_uids=study_uids,
-                patients=patients,
                 detail={"level": level.value, "results": headers.get("Krypton-Count", "")},
             ),
         )

@@ -2,7 +2,9 @@
 
 The gateway owns no policy state: each call is authenticated (`guarded`), then forwarded as an
 `AuthzCommand` on ``svc.authz.<op>`` to the authorize service, which checks the caller's role,
-validates the body, applies the change and answers JSON (problem+json on errors). Request and
+validates the body, applies the change and answers JSON (problem+json on errors). Authorize also
+writes the audit events of these calls (changes and refusals, with the patient and outcome it
+alone knows) in the change's own transaction: see `krypton.authorize.trail`. Request and
 response bodies are the msgspec structs of `krypton.contracts.authorize.v1`; their JSON schemas
 are put in the OpenAPI document by hand, because the body is read inside `guarded` (an
 unauthenticated call must get 401, not a validation error).
@@ -57,6 +59,7 @@ from krypton.contracts.authorize.v1 import (
 )
 from krypton.contracts.common.v1 import Actor
 from krypton.core.logging import get_logger
+from krypton.gateway import audit_emit as audit, security
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import PROBLEM_JSON, problem
 from krypton.gateway.security import guarded
@@ -67,6 +70,8 @@ router = APIRouter(prefix="/api", tags=["Access policy"])
 _log = get_logger("krypton.gateway.policy")
 _MAX_BODY: Final = 64 * 1024
 _TIMEOUT: Final = 10.0
+#: Reply header of authorize: the refusal is already in the audit trail.
+AUDITED_HEADER: Final = "Krypton-Audited"
 
 
 def _inline(schema: Any, components: dict[str, Any]) -> Any:
@@ -158,7 +163,13 @@ async def _forward(
             value = request.query_params.get(name)
             if value is not None:
                 args[name] = value
-        command = AuthzCommand(actor=actor, body=msgspec.Raw(body), params=args)
+        command = AuthzCommand(
+            actor=actor,
+            body=msgspec.Raw(body),
+            params=args,
+            trace_id=audit.trace_id(request),
+            resource=request.url.path,
+        )
         try:
             reply = await ctx.nc.request(subjects.svc_authz(op), encode(command), timeout=_TIMEOUT)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
@@ -168,6 +179,9 @@ async def _forward(
             )
         headers = reply.headers or {}
         status = int(headers.get("Krypton-Status", "200"))
+        if headers.get(AUDITED_HEADER):
+            # Authorize recorded this refusal with its patient: `guarded` must not record it again.
+            security.mark_audited(request)
         if status >= 400:
             extra = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else None
             detail = msgspec.json.decode(reply.data).get("detail", "refused")

@@ -13,6 +13,12 @@ Conformance choices:
 - Frames default to ``application/octet-stream`` (uncompressed, little endian), as PS3.18 asks;
   a compressed frame media type (``image/jls``, ``image/jp2``, ``image/jpeg``, ``image/jphc``,
   ``image/dicom-rle``) or ``transfer-syntax=*`` gets the stored codestream without decoding.
+- Every answer that discloses data is audited (``retrieve.instance`` for instances, frames and
+  bulk data, ``retrieve.metadata``, ``retrieve.rendered`` for rendered and thumbnails) durably
+  before it leaves; when the audit stream cannot take the event the answer is a 503. A 304
+  (the caller's cached copy is still valid) discloses nothing and is not audited.
+- Rendered study and series resources are a ``multipart/related`` of each instance's first
+  frame rendered (PS3.18 9.5.1.2: a rendered study/series is the rendering of its instances).
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from krypton.contracts.audit.v1 import AccessBasisValues, AuditEventTypeValues
 from krypton.contracts.common.v1 import Actor
 from krypton.contracts.index.v1 import LocatedInstance
 from krypton.contracts.render.v1 import (
+    THUMBNAIL_QUALITY,
+    THUMBNAIL_VIEWPORT,
     RenderedMediaValues,
     RenderRequest,
     VoiFunctionValues,
@@ -46,10 +55,12 @@ from krypton.dicom.codecs import (
     frame_media_type,
     is_native,
 )
+from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.gateway.security import guarded
 from krypton.gateway.wado_accept import MediaRange, parse_accept, ranges_for_parts
+from krypton.gateway.wado_bulkdata import locate_value, parse_range
 from krypton.gateway.wado_frames import ImageShape, frame_layout, read_frame
 from krypton.gateway.wado_metadata import instance_metadata, metadata_etag, stream_metadata
 from krypton.gateway.wado_services import WadoError, locate, render, transcode
@@ -62,7 +73,6 @@ _UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DICOM: Final = "application/dicom"
 _DICOM_JSON: Final = "application/dicom+json"
 _PREFETCH: Final = 4
-_THUMBNAIL_VIEWPORT: Final = (128, 128)
 _IMMUTABLE: Final = "private, max-age=86400"
 _Produce = Callable[[LocatedInstance], Coroutine[Any, Any, tuple[str, str]]]
 
@@ -79,11 +89,37 @@ async def _run(
     async def wrapped(r: Request, ctx: GatewayContext, actor: Actor) -> Response:
         try:
             return await handler(ctx, actor)
+        except audit.AuditUnavailableError:
+            return audit.unavailable()
         except WadoError as exc:
             headers = {"Retry-After": "2"} if exc.status == 503 else None
             return problem(exc.status, exc.reason, headers=headers)
 
     return await guarded(request, wrapped)
+
+
+async def _audit(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    type_: AuditEventTypeValues,
+    instances: Sequence[LocatedInstance],
+) -> None:
+    """Record the disclosure of `instances` before the answer leaves.
+
+    The basis is the grant the index names for the study (care relationship, share code,
+    break-the-glass), else the one `audit_emit.basis_for` derives from the caller's role
+    (admin, patient_self, producing_structure).
+
+    Raises:
+        AuditUnavailableError: the event could not be recorded (`_run` answers 503).
+    """
+    studies = list(dict.fromkeys(i.study_uid for i in instances))
+    fields: dict[str, object] = {"study_uids": studies, "instances": len(instances)}
+    granted = {i.access_basis for i in instances if i.access_basis}
+    if len(granted) == 1:
+        fields["basis"] = AccessBasisValues(granted.pop())
+    await audit.emit(ctx, audit.event(request, actor, type_, **fields))
 
 
 def _accept(request: Request) -> list[MediaRange]:
@@ -108,7 +144,7 @@ def _wanted_syntax(ranges: list[MediaRange], instances: Sequence[LocatedInstance
         syntax = r.transfer_syntax
         if syntax in (None, "*"):
             return None
-        if all(can_produce(i.transfer_syntax_uid, syntax) for i in instances):
+        if all(can_produce(i.transfer_syntax_uid, syntax, i.bits_allocated) for i in instances):
             return syntax
     raise WadoError(406, "no acceptable media type or transfer syntax can be produced")
 
@@ -152,6 +188,7 @@ async def _retrieve(
         )
     instances = await locate(ctx, actor, study, series, sop)
     wanted = _wanted_syntax(ranges, instances)
+    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, instances)
 
     async def produce(instance: LocatedInstance) -> tuple[str, str]:
         if wanted is None or wanted == instance.transfer_syntax_uid:
@@ -218,6 +255,7 @@ async def _metadata(
     if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
         return Response(status_code=304, headers=headers)
     base = _base_url(request, ctx)
+    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_METADATA, instances)
     if len(instances) == 1:
         body = b"".join([part async for part in stream_metadata(ctx.store, instances, base)])
         return Response(body, media_type=_DICOM_JSON, headers=headers)
@@ -331,6 +369,7 @@ async def _frames(
         raise WadoError(422, str(exc)) from None
     part_type = media
     suffix = f"; transfer-syntax={syntax if passthrough else ExplicitVRLittleEndian}"
+    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for body in bodies:
@@ -341,6 +380,81 @@ async def _frames(
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+# --- Bulk data ---
+
+
+def _single_part(request: Request) -> bool:
+    """Whether the caller asks for a bare ``application/octet-stream`` before any multipart."""
+    try:
+        ranges = parse_accept(request.headers.get("accept"))
+    except ValueError as exc:
+        raise WadoError(400, str(exc)) from None
+    for r in ranges:
+        if r.media_type == OCTET_STREAM:
+            return True
+        if r.matches("multipart/related"):
+            part = r.params.get("type", OCTET_STREAM).lower()
+            if part in (OCTET_STREAM, "*/*", "application/*"):
+                return False
+        elif r.media_type == "*/*":
+            return False
+    raise WadoError(406, "bulk data is served as application/octet-stream")
+
+
+async def _bulkdata(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    study: str,
+    series: str,
+    sop: str,
+    path: str,
+) -> Response:
+    _check_uids(study, series, sop)
+    single = _single_part(request)
+    (instance,) = await locate(ctx, actor, study, series, sop)
+    value = await locate_value(ctx, instance, path)
+    byte_range = parse_range(request.headers.get("range"), value.length)
+    start, length = (byte_range.start, byte_range.length) if byte_range else (0, value.length)
+    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
+
+    async def body() -> AsyncIterator[bytes]:
+        if value.data is not None:
+            yield value.data[start : start + length]
+            return
+        assert value.key is not None
+        if length:
+            async with aclosing(ctx.store.stream(value.key, value.offset + start, length)) as c:
+                async for chunk in c:
+                    yield chunk
+
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=86400"}
+    headers["ETag"] = f'"{instance.sha256[:32]}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"'
+    if single:
+        if byte_range is not None:
+            headers["Content-Range"] = byte_range.content_range
+        headers["Content-Length"] = str(length)
+        return StreamingResponse(
+            body(),
+            status_code=206 if byte_range else 200,
+            media_type=OCTET_STREAM,
+            headers=headers,
+        )
+
+    part_type = OCTET_STREAM + (
+        f"\r\nContent-Range: {byte_range.content_range}" if byte_range else ""
+    )
+
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        yield part_type, body()
+
+    response = _multipart(OCTET_STREAM, parts())
+    response.headers.update(headers)
+    if byte_range is not None:
+        response.status_code = 206
+    return response
 
 
 # --- Rendered and thumbnail ---
@@ -361,8 +475,8 @@ def _rendered_params(
         raise WadoError(406, "rendered resources are image/jpeg or image/png")
     query = request.query_params
     try:
-        quality = int(query.get("quality", "75" if thumbnail else "90"))
-        viewport: tuple[int, int] | None = _THUMBNAIL_VIEWPORT if thumbnail else None
+        quality = int(query.get("quality", str(THUMBNAIL_QUALITY) if thumbnail else "90"))
+        viewport: tuple[int, int] | None = THUMBNAIL_VIEWPORT if thumbnail else None
         if "viewport" in query:
             parts = [int(v) for v in query["viewport"].split(",")]
             viewport = (parts[0], parts[1])
@@ -399,23 +513,72 @@ async def _rendered(
     media, quality, viewport, window = _rendered_params(request, thumbnail=thumbnail)
     instances = await locate(ctx, actor, study, series, sop)
     with_pixels = [i for i in instances if i.rows] or instances
-    # Study and series thumbnails show the middle image of the (first) series.
+
+    def render_request(instance: LocatedInstance) -> RenderRequest:
+        return RenderRequest(
+            object_key=instance.object_key,
+            sha256=instance.sha256,
+            frame=frame,
+            media_type=media,
+            quality=quality,
+            viewport=viewport,
+            window=window,
+            study_uid=instance.study_uid,
+            series_uid=instance.series_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+            transfer_syntax_uid=instance.transfer_syntax_uid,
+        )
+
+    if not sop and not thumbnail:
+        return await _rendered_many(
+            request, ctx, actor, media, [render_request(i) for i in with_pixels], with_pixels
+        )
+    # One image: an instance's (or frame's) rendering, or a study/series thumbnail, which
+    # shows the middle image of the (first) series.
     instance = with_pixels[len(with_pixels) // 2] if not sop else with_pixels[0]
-    render_request = RenderRequest(
-        object_key=instance.object_key,
-        sha256=instance.sha256,
-        frame=frame,
-        media_type=media,
-        quality=quality,
-        viewport=viewport,
-        window=window,
-    )
-    etag = '"' + hashlib.sha256(msgspec.json.encode(render_request)).hexdigest()[:32] + '"'
+    one = render_request(instance)
+    etag = '"' + hashlib.sha256(msgspec.json.encode(one)).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
     if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
         return Response(status_code=304, headers=headers)
-    body, media_type = await render(ctx, render_request)
+    body, media_type = await render(ctx, one)
+    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, [instance])
     return Response(body, media_type=media_type, headers=headers)
+
+
+async def _rendered_many(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    media: RenderedMediaValues,
+    requests: Sequence[RenderRequest],
+    instances: Sequence[LocatedInstance],
+) -> Response:
+    """A study or series rendered: each instance's first frame, a few rendered ahead."""
+    first = await render(ctx, requests[0])  # a failure here is still a clean status
+    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, instances)
+
+    async def produce(position: int) -> tuple[bytes, str]:
+        return first if position == 0 else await render(ctx, requests[position])
+
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        tasks: dict[int, asyncio.Task[tuple[bytes, str]]] = {}
+        try:
+            for position in range(len(requests)):
+                for ahead in range(position, min(position + _PREFETCH, len(requests))):
+                    if ahead not in tasks:
+                        tasks[ahead] = asyncio.create_task(produce(ahead))
+                try:
+                    body, media_type = await tasks.pop(position)
+                except WadoError as exc:
+                    _log.warning("rendering left out", reason=exc.reason)
+                    continue
+                yield media_type, _one(body)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+
+    return _multipart(media.value, parts())
 
 
 # --- Routes ---
@@ -460,6 +623,23 @@ async def retrieve_frames(
     request: Request, study: str, series: str, sop: str, frames: str
 ) -> Response:
     return await _run(request, lambda c, a: _frames(request, c, a, study, series, sop, frames))
+
+
+@router.get(_I + "/bulkdata/{path:path}", summary="WADO-RS: bulk data (Range supported)")
+async def retrieve_bulkdata(
+    request: Request, study: str, series: str, sop: str, path: str
+) -> Response:
+    return await _run(request, lambda c, a: _bulkdata(request, c, a, study, series, sop, path))
+
+
+@router.get(_S + "/rendered", summary="WADO-RS: rendered study (each instance, multipart)")
+async def rendered_study(request: Request, study: str) -> Response:
+    return await _run(request, lambda c, a: _rendered(request, c, a, study, None, None, None))
+
+
+@router.get(_SE + "/rendered", summary="WADO-RS: rendered series (each instance, multipart)")
+async def rendered_series(request: Request, study: str, series: str) -> Response:
+    return await _run(request, lambda c, a: _rendered(request, c, a, study, series, None, None))
 
 
 @router.get(_I + "/rendered", summary="WADO-RS: rendered instance (first frame)")

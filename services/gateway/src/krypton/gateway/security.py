@@ -15,9 +15,18 @@ from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 
-__all__ = ["Handler", "authenticate", "context_of", "guarded"]
+__all__ = ["Handler", "authenticate", "context_of", "guarded", "mark_audited"]
 
 Handler = Callable[[Request, GatewayContext, Actor], Awaitable[Response]]
+
+
+def mark_audited(request: Request) -> None:
+    """Say that the handler's refusal is already audited (by the service that refused it)."""
+    request.state.krypton_audited = True
+
+
+def _already_audited(request: Request) -> bool:
+    return bool(getattr(request.state, "krypton_audited", False))
 
 
 def context_of(request: Request) -> GatewayContext:
@@ -55,9 +64,14 @@ async def guarded(request: Request, handler: Handler) -> Response:
         ):
             return audit.unavailable()
         return problem(403, exc.reason)
-    # A handler that answered 403 itself is recorded as a denial too.
-    if response.status_code == 403 and await _audit_refused(
-        request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, "forbidden"
+    # A handler that answered 403 itself is recorded as a denial too, unless the service that
+    # refused (authorize) recorded it already, with the patient the gateway does not know.
+    if (
+        response.status_code == 403
+        and not _already_audited(request)
+        and await _audit_refused(
+            request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, "forbidden"
+        )
     ):
         return audit.unavailable()
     return response

@@ -18,7 +18,7 @@ import numpy as np
 
 from krypton.storage.base import ObjectStore
 
-__all__ = ["FrameLayout", "ImageShape", "frame_layout", "read_frame"]
+__all__ = ["FrameLayout", "ImageShape", "frame_layout", "pixel_value", "read_frame"]
 
 _ITEM: Final = 0xFFFEE000
 _DELIMITER: Final = 0xFFFEE0DD
@@ -69,6 +69,14 @@ async def _element_header(store: ObjectStore, key: str, offset: int) -> tuple[in
         return offset + 8, length, little
     (length,) = struct.unpack(f"{endian}L", head[4:8])  # implicit VR
     return offset + 8, length, little
+
+
+async def pixel_value(store: ObjectStore, key: str, offset: int) -> tuple[int, int, bool]:
+    """(value offset, value length, little endian) of the Pixel Data element at `offset`.
+
+    The length is 0xFFFFFFFF for encapsulated (undefined length) pixel data.
+    """
+    return await _element_header(store, key, offset)
 
 
 async def _items(store: ObjectStore, key: str, position: int, size: int) -> list[tuple[int, int]]:

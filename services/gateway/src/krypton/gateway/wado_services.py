@@ -77,6 +77,7 @@ async def transcode(
         series_uid=instance.series_uid,
         sop_instance_uid=instance.sop_instance_uid,
         transfer_syntax_uid=str(syntax),
+        source_transfer_syntax_uid=instance.transfer_syntax_uid,
     )
     try:
         reply = await ctx.nc.request(

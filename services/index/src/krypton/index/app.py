@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
+import msgspec
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsResponse
 from nats.aio.client import Client
@@ -98,6 +99,9 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         headers = {"Krypton-Status": str(response.status), "Krypton-Count": str(response.count)}
         if response.reason:
             headers["Krypton-Reason"] = response.reason
+        if response.access:
+            # Per-study access basis of a professional's grants, for the gateway's audit event.
+            headers["Krypton-Access"] = msgspec.json.encode(response.access).decode()
         return NatsResponse(response.body, headers=headers)
 
     @broker.subscriber(subjects.SVC_INDEX_LOCATE, queue="index")

@@ -8,13 +8,14 @@ instances primary key for one instance.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import asyncpg
 
 from krypton.bus.codec import encode
 from krypton.contracts.index.v1 import LocatedInstance, LocateRequest, LocateResponse
-from krypton.index.qido_sql import access_predicate
+from krypton.index.qido_sql import access_basis, access_predicate
 
 __all__ = ["build_locate_sql", "handle_locate", "run_locate"]
 
@@ -35,6 +36,14 @@ def build_locate_sql(request: LocateRequest) -> tuple[str, list[object]]:
         params.append(value)
         return f"${len(params)}"
 
+    basis_sql = "NULL"
+    basis = access_basis(request.actor, "st")
+    if basis is not None:
+        fragment, fragment_params = basis
+        offset = len(params)
+        basis_sql = re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + offset}", fragment)
+        params.extend(fragment_params)
+
     conditions = [access_sql]
     if request.sop_instance_uid is not None:
         conditions.append(f"i.sop_instance_uid = {add(request.sop_instance_uid)}")
@@ -42,7 +51,7 @@ def build_locate_sql(request: LocateRequest) -> tuple[str, list[object]]:
     if request.series_uid is not None:
         conditions.append(f"se.series_uid = {add(request.series_uid)}")
     sql = (
-        f"SELECT {_COLUMNS} FROM index.series se"
+        f"SELECT {_COLUMNS}, ({basis_sql}) AS access_basis FROM index.series se"
         " JOIN index.studies st ON st.study_uid = se.study_uid"
         " JOIN index.instances i ON i.series_uid = se.series_uid"
         f" WHERE {' AND '.join(conditions)}"

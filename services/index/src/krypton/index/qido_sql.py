@@ -51,7 +51,14 @@ from krypton.dicom.qido import matching_keys
 from krypton.index.render import ATTRIBUTES, render_results, return_keys
 from krypton.index.store import normalise_pn, parse_da
 
-__all__ = ["MAX_LIMIT", "access_predicate", "actor_has_grants", "build_qido_sql", "run_qido"]
+__all__ = [
+    "MAX_LIMIT",
+    "access_basis",
+    "access_predicate",
+    "actor_has_grants",
+    "build_qido_sql",
+    "run_qido",
+]
 
 #: Largest page the index serves whatever the request says (the gateway clamps lower).
 MAX_LIMIT: Final = 5000
@@ -125,6 +132,45 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
     if actor.structure:
         return f"({alias}.structure = $2 OR {granted})", [actor.sub, actor.structure]
     return granted, [actor.sub]
+
+
+# Projected grant basis -> audit access basis, and which one explains an access first when a
+# professional holds several grants on a patient (the ordinary one before the exceptional).
+_GRANT_BASIS: Final = (
+    "CASE g.basis WHEN 'care' THEN 'care_relationship' WHEN 'break_glass' THEN 'break_the_glass'"
+    " ELSE g.basis END"
+)
+_GRANT_RANK: Final = "CASE g.basis WHEN 'care' THEN 0 WHEN 'share_code' THEN 1 ELSE 2 END"
+#: Result columns a QIDO statement adds when it computes the basis (never rendered).
+BASIS_COLUMN: Final = "__basis"
+STUDY_COLUMN: Final = "__study"
+
+
+def access_basis(actor: Actor, alias: str) -> tuple[str, list[object]] | None:
+    """The SQL expression of why `actor` sees a study of `alias`, or None when it is uniform.
+
+    For a professional holding grants it is NULL on the studies of their own structure (seen
+    as the producing structure) and otherwise the audit basis of the grant that opens the
+    study (``care_relationship``, ``share_code``, ``break_the_glass``), following the arms of
+    `access_predicate`. For everyone else the basis is the same for every visible study (the
+    gateway knows it from the role), so there is nothing to compute.
+
+    Placeholders are numbered from ``$1`` within the fragment.
+    """
+    if actor.role is not RoleValues.PROFESSIONAL:
+        return None
+    grant = (
+        f"(SELECT {_GRANT_BASIS} FROM index.access_grants g WHERE g.actor_sub = $1"
+        f" AND g.patient_key = {alias}.patient_key"
+        f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE}"
+        f" ORDER BY {_GRANT_RANK} LIMIT 1)"
+    )
+    if actor.structure:
+        return f"CASE WHEN {alias}.structure = $2 THEN NULL ELSE {grant} END", [
+            actor.sub,
+            actor.structure,
+        ]
+    return grant, [actor.sub]
 
 
 async def actor_has_grants(pool: asyncpg.Pool, actor: Actor) -> bool:
@@ -288,7 +334,9 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
     """Build the statement answering `request` (its page plus one row, to tell `has_more`).
 
     `grants` says whether the caller may hold access grants (`actor_has_grants`); without
-    them the access condition is the structure's alone (never more than the full rule).
+    them the access condition is the structure's alone (never more than the full rule). With
+    them, each row also carries the study's access basis (`access_basis`) in the unrendered
+    columns ``__basis`` and ``__study``.
 
     Returns:
         The SQL text and its bind parameters.
@@ -340,6 +388,15 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
         if condition:
             conditions.append(condition)
 
+    if grants:
+        # Why each study is visible (structure or which grant), for the audit; one indexed
+        # probe per returned row only, after the page is cut.
+        basis = access_basis(request.actor, "st")
+        if basis is not None:
+            select += (
+                f', {params.embed(*basis)} AS "{BASIS_COLUMN}", st.study_uid AS "{STUDY_COLUMN}"'
+            )
+
     limit = max(0, min(query.limit, MAX_LIMIT))
     sql = (
         f"SELECT {select} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY {order}"
@@ -370,4 +427,12 @@ async def run_qido(pool: asyncpg.Pool, request: QidoRequest) -> QidoResponse:
     limit = max(0, min(request.query.limit, MAX_LIMIT))
     page = rows[:limit]
     body = render_results(request.query, page, base_url=request.base_url)
-    return QidoResponse(status=200, body=body, count=len(page), has_more=len(rows) > limit)
+    access: dict[str, str] = {}
+    if grants:
+        for row in page:
+            basis = row.get(BASIS_COLUMN)
+            if basis is not None:
+                access[row[STUDY_COLUMN]] = basis
+    return QidoResponse(
+        status=200, body=body, count=len(page), has_more=len(rows) > limit, access=access
+    )

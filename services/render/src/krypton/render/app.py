@@ -4,24 +4,31 @@ One process serves both for now: both decode the same pixels with the same codec
 share the decoding threads and the code; the subjects and queue groups are already separate
 (``render``, ``transcode``), so splitting them into two deployments later changes no caller.
 Run it with ``krypton run render`` (``python -m krypton.render``).
+
+A durable consumer (``render``) of ``instance.stored`` precomputes each new instance's
+thumbnail and HTJ2K lossless copy (`RenderSettings` policy); replicas share its messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsResponse
 
+from krypton.bus import streams
 from krypton.bus.codec import encode
-from krypton.bus.connect import make_broker
+from krypton.bus.connect import connect, make_broker
+from krypton.bus.consumer import BatchConsumer
 from krypton.contracts import subjects
+from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.contracts.render.v1 import RenderRequest
 from krypton.contracts.transcode.v1 import TranscodeRequest
 from krypton.core.logging import configure_logging, get_logger
 from krypton.core.settings import KryptonSettings
+from krypton.render.settings import RenderSettings
 from krypton.render.worker import Worker
 from krypton.storage.factory import open_store
 from krypton.telemetry.setup import setup_telemetry
@@ -31,19 +38,52 @@ __all__ = ["build_app", "main"]
 _log = get_logger("krypton.render")
 
 
-def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
-    """Build the FastStream app; the object store is opened in its lifespan."""
+def build_app(
+    settings: KryptonSettings, render_settings: RenderSettings | None = None
+) -> tuple[FastStream, NatsBroker]:
+    """Build the FastStream app; the object store and the consumer start in its lifespan."""
+    policy = render_settings or RenderSettings()
     broker = make_broker(settings.nats_url, "render")
     state: dict[str, Worker] = {}
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         store = await open_store(settings.storage)
-        state["worker"] = Worker(store)
+        worker = Worker(
+            store,
+            cache_bytes=policy.cache_bytes,
+            precompute_htj2k=policy.precompute_htj2k,
+            precompute_thumbnail=policy.precompute_thumbnail,
+        )
+        state["worker"] = worker
+        nc = await connect(settings.nats_url, "render-consumer")
+        js = nc.jetstream()
+        await streams.provision(js)
+
+        async def precompute(events: Sequence[InstanceStored]) -> None:
+            # One at a time: the decoding threads are shared with live requests, which the
+            # worker's semaphore lets in between two instances.
+            for event in events:
+                await worker.precompute(event)
+
+        consumer = BatchConsumer(
+            js=js,
+            stream=subjects.INSTANCES_STREAM,
+            subject=f"{subjects.INSTANCE_STORED}.*",
+            durable="render",
+            type_=InstanceStored,
+            handler=precompute,
+            batch=policy.precompute_batch,
+            ack_wait=120.0,  # a batch of large instances takes a while to transcode
+        )
+        if policy.precompute_htj2k or policy.precompute_thumbnail:
+            await consumer.start()
         _log.info("render ready")
         try:
             yield
         finally:
+            await consumer.stop()
+            await nc.close()
             await store.close()
 
     @broker.subscriber(subjects.SVC_RENDER_FRAME, queue="render")

@@ -247,6 +247,9 @@ class AuthzCommand(msgspec.Struct, frozen=True, kw_only=True):
     actor: Actor
     body: msgspec.Raw = msgspec.Raw(b"{}")
     params: dict[str, str] = msgspec.field(default_factory=dict)
+    # For the audit events authorize writes about the call (added with issue 6).
+    trace_id: str | None = None
+    resource: str | None = None  # the HTTP path of the call
 
 
 # --- API bodies (requests) -------------------------------------------------------------

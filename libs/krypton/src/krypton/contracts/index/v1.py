@@ -98,6 +98,10 @@ class QidoResponse(msgspec.Struct, frozen=True, kw_only=True):
     count: int = 0
     reason: str | None = None
     has_more: bool = False
+    # Why a professional sees each returned study that their structure did not produce:
+    # study UID -> audit access basis (``care_relationship``, ``share_code``,
+    # ``break_the_glass``); studies not listed are seen on the caller's default basis.
+    access: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 # --- WADO-RS: where the instances of a study, series or instance are (svc.index.locate) ---
@@ -138,6 +142,9 @@ class LocatedInstance(msgspec.Struct, frozen=True, kw_only=True):
     bits_allocated: int | None = None
     photometric_interpretation: str | None = None
     pixel_data_offset: int | None = None
+    # Why the caller sees it when a grant opens it (care_relationship, share_code,
+    # break_the_glass); None when the caller's role says it (own structure, patient, admin).
+    access_basis: str | None = None
 
 
 class LocateResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,7 +11,19 @@ import enum
 
 import msgspec
 
-__all__ = ["RenderRequest", "RenderedMediaValues", "VoiFunctionValues", "Window"]
+__all__ = [
+    "THUMBNAIL_QUALITY",
+    "THUMBNAIL_VIEWPORT",
+    "RenderRequest",
+    "RenderedMediaValues",
+    "VoiFunctionValues",
+    "Window",
+]
+
+#: The default thumbnail (PS3.18 leaves its size to the server): JPEG of frame 1 fitted in
+#: 128x128 at quality 75. The render service precomputes exactly this one at ingest.
+THUMBNAIL_VIEWPORT: tuple[int, int] = (128, 128)
+THUMBNAIL_QUALITY = 75
 
 
 class RenderedMediaValues(enum.StrEnum):
@@ -52,3 +64,9 @@ class RenderRequest(msgspec.Struct, frozen=True, kw_only=True):
     quality: int = 90
     viewport: tuple[int, int] | None = None
     window: Window | None = None
+    # Added later: which instance this is, so the renderer can use its precomputed
+    # renditions (HTJ2K copy, thumbnail). Without them it renders from `object_key`.
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    transfer_syntax_uid: str | None = None  # of the original at `object_key`

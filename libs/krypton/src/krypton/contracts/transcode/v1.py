@@ -20,6 +20,9 @@ class TranscodeRequest(msgspec.Struct, frozen=True, kw_only=True):
     series_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    # Added later: the original's syntax, so the worker can start from the precomputed HTJ2K
+    # copy when decoding the original would be slower (JPEG 2000 and other codecs).
+    source_transfer_syntax_uid: str | None = None
 
 
 class TranscodeResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,22 @@
+"""The render service's own settings (``KRYPTON_RENDER_*``): the ingest-time precompute policy."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["RenderSettings"]
+
+
+class RenderSettings(BaseSettings):
+    """What the render service precomputes from ``instance.stored``, and its cache size.
+
+    ``KRYPTON_RENDER_PRECOMPUTE_HTJ2K=false`` turns the HTJ2K lossless copies off (they take
+    about the size of a lossless original again); thumbnails are cheap and stay on.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KRYPTON_RENDER_", extra="ignore")
+
+    precompute_htj2k: bool = True
+    precompute_thumbnail: bool = True
+    precompute_batch: int = 16
+    cache_bytes: int = 256 * 1024**2
