@@ -465,3 +465,16 @@ async def test_a_retrieval_appears_in_the_patients_access_history(
     assert event["study_uids"] == [study]
     assert event["basis"] == "producing_structure"
     assert event["actor"]["structure"] == STRUCTURE
+    # A professional of another structure tries to read it: 404, and the patient sees the refusal.
+    outsider = platform.headers("professional", "810000000777", structure="640780417")
+    refused = await http.get(f"{platform.url}/studies/{study}/metadata", headers=outsider)
+    assert refused.status_code == 404
+    denied: list[dict[str, Any]] = []
+    for _ in range(300):
+        answer = await http.get(api, headers=patient, params={"type": "access.denied"})
+        if answer.status_code == 200 and (denied := answer.json()):
+            break
+        await asyncio.sleep(0.2)
+    assert denied, "the refused read never reached the patient's access history"
+    assert denied[0]["event"]["outcome"] == "denied"
+    assert denied[0]["event"]["actor"]["sub"] == "810000000777"

@@ -58,7 +58,7 @@ from krypton.dicom.codecs import (
 from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
-from krypton.gateway.security import guarded
+from krypton.gateway.security import audit_refused, guarded
 from krypton.gateway.wado_accept import MediaRange, parse_accept, ranges_for_parts
 from krypton.gateway.wado_bulkdata import locate_value, parse_range
 from krypton.gateway.wado_frames import ImageShape, frame_layout, read_frame
@@ -92,6 +92,13 @@ async def _run(
         except audit.AuditUnavailableError:
             return audit.unavailable()
         except WadoError as exc:
+            # A read of something missing or hidden is a refused access: recorded (with the
+            # study named in the path, so its patient sees the attempt), answered as 404.
+            if exc.status == 404 and await audit_refused(
+                r, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, "not found or not permitted",
+                study_uids=[s] if (s := r.path_params.get("study")) else [],
+            ):  # fmt: skip
+                return audit.unavailable()
             headers = {"Retry-After": "2"} if exc.status == 503 else None
             return problem(exc.status, exc.reason, headers=headers)
 

@@ -43,7 +43,7 @@ async def guarded(request: Request, handler: Handler) -> Response:
         actor = await authenticate(request, ctx)
     except AuthenticationError as exc:
         # Audit (issue 6): every failed authentication is recorded, fail closed.
-        if await _audit_refused(request, ctx, None, AuditEventTypeValues.AUTH_FAILURE, exc.reason):
+        if await audit_refused(request, ctx, None, AuditEventTypeValues.AUTH_FAILURE, exc.reason):
             return audit.unavailable()
         return problem(401, exc.reason, headers={"WWW-Authenticate": exc.www_authenticate})
     except JwksUnavailableError:
@@ -59,9 +59,7 @@ async def guarded(request: Request, handler: Handler) -> Response:
     try:
         response = await handler(request, ctx, actor)
     except PermissionDenied as exc:
-        if await _audit_refused(
-            request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, exc.reason
-        ):
+        if await audit_refused(request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, exc.reason):
             return audit.unavailable()
         return problem(403, exc.reason)
     # A handler that answered 403 itself is recorded as a denial too, unless the service that
@@ -69,7 +67,7 @@ async def guarded(request: Request, handler: Handler) -> Response:
     if (
         response.status_code == 403
         and not _already_audited(request)
-        and await _audit_refused(
+        and await audit_refused(
             request, ctx, actor, AuditEventTypeValues.ACCESS_DENIED, "forbidden"
         )
     ):
@@ -77,12 +75,13 @@ async def guarded(request: Request, handler: Handler) -> Response:
     return response
 
 
-async def _audit_refused(
+async def audit_refused(
     request: Request,
     ctx: GatewayContext,
     actor: Actor | None,
     type_: AuditEventTypeValues,
     reason: str,
+    study_uids: list[str] | None = None,
 ) -> bool:
     """Record a refusal; True when it could not be recorded (the caller then answers 503)."""
     try:
@@ -96,6 +95,7 @@ async def _audit_refused(
                 reason=reason,
                 basis=AccessBasisValues.NONE,
                 query=audit.query_string(request) or None,
+                study_uids=study_uids or [],
             ),
         )
     except audit.AuditUnavailableError:
