@@ -268,3 +268,69 @@ async def test_the_patients_history_shows_each_basis_and_each_refusal(
     assert admin.status_code == 200, admin.text
     types = [r["event"]["type"] for r in admin.json()]
     assert [t for t in types if not t.startswith("auth.")] == ["sharecode.used"]
+
+
+async def test_a_community_sees_a_shared_patient_while_members_belong(
+    stored: Running, http: httpx.AsyncClient
+) -> None:
+    """A tumour board of structure C: members see the patient B shared, until they leave."""
+    platform = stored
+    board, owner = "rcp-onco-e2e", platform.producer(C)
+    member_sub, colleague_sub, outsider_sub = "810000000061", "810000000062", "810000000063"
+    member, colleague = pro(platform, member_sub), pro(platform, colleague_sub)
+    r = await api(http, platform, "PUT", f"/admin/communities/{board}", platform.admin(),
+                  {"name": "RCP oncologie thoracique", "structure": C})  # fmt: skip
+    assert r.status_code == 200, r.text
+    for sub in (member_sub, colleague_sub):  # the owning structure manages its members
+        r = await api(http, platform, "POST", f"/admin/communities/{board}/members", owner,
+                      {"sub": sub})  # fmt: skip
+        assert r.status_code == 200, r.text
+    r = await api(http, platform, "POST", f"/admin/communities/{board}/members",
+                  platform.producer(A), {"sub": outsider_sub})  # fmt: skip
+    assert r.status_code == 403
+    assert await studies(http, platform, member) == set()
+
+    r = await api(http, platform, "POST", f"/communities/{board}/shares", platform.producer(B),
+                  {"patient_ins": INS})  # fmt: skip
+    assert r.status_code == 201, r.text
+    share_id = r.json()["id"]
+    both = {STUDY_A, STUDY_B}
+    assert await eventually(http, platform, member, both) == both
+    assert await eventually(http, platform, colleague, both) == both
+    assert await studies(http, platform, pro(platform, outsider_sub)) == set()
+    r = await http.get(f"{platform.url}/studies/{STUDY_B}/metadata", headers=member)
+    assert r.status_code == 200, r.text
+    r = await api(http, platform, "GET", f"/communities/{board}", member)
+    assert r.status_code == 200, r.text
+    assert [s["id"] for s in r.json()["shares"]] == [share_id]
+
+    # The patient's opposition still wins, and lifting it restores the share.
+    r = await api(http, platform, "POST", "/opposition", patient(platform), {})
+    assert r.status_code == 200, r.text
+    assert await eventually(http, platform, member, set()) == set()
+    r = await api(http, platform, "POST", "/opposition/lift", patient(platform), {})
+    assert r.status_code == 200, r.text
+    assert await eventually(http, platform, member, both) == both
+
+    # A removed member stops seeing the patient; the others keep it until the share ends.
+    r = await api(http, platform, "DELETE", f"/admin/communities/{board}/members/{member_sub}",
+                  owner)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert [m["sub"] for m in r.json()["members"]] == [colleague_sub]
+    assert await eventually(http, platform, member, set()) == set()
+    assert await studies(http, platform, colleague) == both
+    r = await api(http, platform, "POST", f"/communities/{board}/shares/{share_id}/end",
+                  platform.producer(B))  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert await eventually(http, platform, colleague, set()) == set()
+
+    def seen_through_board(events: list[dict[str, Any]]) -> bool:
+        return any(
+            e["actor"]["sub"] == member_sub and e["type"] == "retrieve.metadata"
+            and e["basis"] == "community"
+            for e in events
+        )  # fmt: skip
+
+    events = await _history_until(http, platform, seen_through_board)
+    assert seen_through_board(events), events
+    assert any(e["type"] == "care.changed" and e["actor"]["sub"] == f"ris-{B}" for e in events)

@@ -14,7 +14,8 @@ from krypton.authorize.settings import AuthorizeSettings
 _TRUNCATE = (
     "TRUNCATE authz.structures, authz.professionals, authz.memberships, authz.patients,"
     " authz.patient_ipps, authz.care_relationships, authz.share_codes, authz.redeem_failures,"
-    " authz.oppositions, authz.break_glass, authz.outbox"
+    " authz.oppositions, authz.break_glass, authz.outbox, authz.communities,"
+    " authz.community_members, authz.community_shares"
 )
 
 

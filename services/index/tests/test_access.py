@@ -1,8 +1,9 @@
 """The access projection and the access predicate: every rule, and random event sequences.
 
-The property test applies random sequences of grants, revocations, oppositions and expiries,
-delivered in random batches, out of order and with duplicates, and checks that QIDO answers
-exactly what a pure-Python statement of the rules allows.
+The property test applies random sequences of grants (of professionals and of communities),
+revocations, community membership changes, oppositions and expiries, delivered in random
+batches, out of order and with duplicates, and checks that QIDO answers exactly what a
+pure-Python statement of the rules allows.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from krypton.contracts.authorize.v1 import AccessBasisValues, GrantChanged, OppositionChanged
+from krypton.contracts.authorize.v1 import (
+    AccessBasisValues,
+    CommunityMemberChanged,
+    GrantChanged,
+    OppositionChanged,
+)
 from krypton.contracts.common.v1 import Actor, RoleValues
 from krypton.contracts.index.v1 import QidoRequest
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.dicom.qido import parse_qido
 from krypton.index.access import apply_policy_events
-from krypton.index.qido_sql import run_qido
+from krypton.index.qido_sql import actor_has_grants, run_qido
 from krypton.index.store import upsert_batch
 
 pytestmark = pytest.mark.postgres
@@ -40,7 +46,8 @@ DR2 = Actor(sub="dr2", role=RoleValues.PROFESSIONAL, issuer="t", structure=D)
 RIS_B = Actor(sub="ris-b", role=RoleValues.PRODUCER, issuer="t", structure=B)
 PATIENT1 = Actor(sub="pat1", role=RoleValues.PATIENT, issuer="t", ins=INS1)
 ACTORS = (DR1, DR2, RIS_B, PATIENT1)
-_TRUNCATE = "TRUNCATE index.access_grants, index.oppositions"
+_TRUNCATE = "TRUNCATE index.access_grants, index.oppositions, index.community_members"
+Event = GrantChanged | OppositionChanged | CommunityMemberChanged
 
 
 @pytest.fixture
@@ -90,6 +97,33 @@ def grant(
     )  # fmt: skip
 
 
+def community_grant(
+    gid: str,
+    version: int,
+    community: str = "rcp",
+    patient: str = P1,
+    study: str | None = None,
+    window: str = "current",
+    active: bool = True,
+) -> GrantChanged:
+    """A patient's file shared with a community (the grant's holder is the community)."""
+    start, end = WINDOWS[window]
+    return GrantChanged(
+        grant_id=gid, version=version, actor_sub="", community_id=community, patient_key=patient,
+        study_uid=study, valid_from=start, valid_until=end, basis=AccessBasisValues.COMMUNITY,
+        active=active,
+    )  # fmt: skip
+
+
+def member(
+    version: int, sub: str = "dr2", community: str = "rcp", active: bool = True
+) -> CommunityMemberChanged:
+    return CommunityMemberChanged(
+        community_id=community, actor_sub=sub, version=version, active=active, changed_by="x",
+        at=NOW,
+    )  # fmt: skip
+
+
 def opposition(version: int, patient: str = P1, active: bool = True) -> OppositionChanged:
     return OppositionChanged(
         opposition_id=f"o-{patient}", version=version, patient_key=patient,
@@ -128,13 +162,38 @@ CASES = {
     "grants never widen a producer system": ([grant("g", 1, actor="ris-b")], RIS_B, {"1.2", "1.3"}),
     "grants add to a professional's own structure": (
         [grant("g", 1, actor="dr1", patient=P2)], DR1, {"1.1", "1.3", "1.4"}),
+    "a community's grant opens the patient's studies to its member": (
+        [member(1), community_grant("s", 2)], DR2, {"1.1", "1.2"}),
+    "joining after the share is enough": (
+        [community_grant("s", 1), member(2)], DR2, {"1.1", "1.2"}),
+    "a community's grant is its members' alone": (
+        [member(1, sub="dr1"), community_grant("s", 2)], DR2, set()),
+    "a member of another community sees nothing": (
+        [member(1, community="other"), community_grant("s", 2)], DR2, set()),
+    "a removed member sees nothing": (
+        [member(1), community_grant("s", 2), member(3, active=False)], DR2, set()),
+    "a member added again sees again": (
+        [member(1), community_grant("s", 2), member(3, active=False), member(4)], DR2,
+        {"1.1", "1.2"}),
+    "an old join never undoes a newer removal": (
+        [member(3, active=False), member(2), community_grant("s", 1)], DR2, set()),
+    "an ended community share opens nothing": (
+        [member(1), community_grant("s", 2), community_grant("s", 3, active=False)], DR2, set()),
+    "an expired community share opens nothing": (
+        [member(1), community_grant("s", 2, window="past")], DR2, set()),
+    "a study-scoped community share opens that study only": (
+        [member(1), community_grant("s", 2, study="1.2")], DR2, {"1.2"}),
+    "opposition hides the patient from the community": (
+        [member(1), community_grant("s", 2), opposition(3)], DR2, set()),
+    "a community never widens a producer system": (
+        [member(1, sub="ris-b"), community_grant("s", 2, patient=P2)], RIS_B, {"1.2", "1.3"}),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize(("events", "actor", "expected"), CASES.values(), ids=CASES.keys())
 async def test_each_rule(
     world: asyncpg.Pool,
-    events: list[GrantChanged | OppositionChanged],
+    events: list[Event],
     actor: Actor,
     expected: set[str],
 ) -> None:
@@ -174,11 +233,12 @@ async def test_the_index_ignores_policy_events_that_do_not_change_access(
 
 @dataclass(frozen=True)
 class Op:
-    """One policy change: a grant state or an opposition state."""
+    """One policy change: a grant state, a membership state or an opposition state."""
 
     kind: str
-    target: str  # grant id or patient key
+    target: str  # grant id, community id (membership) or patient key
     actor: str = ""
+    community: str | None = None  # a grant held by this community (then `actor` is unused)
     patient: str = P1
     study: str | None = None
     window: str = "current"
@@ -190,9 +250,17 @@ grant_ops = st.builds(
     kind=st.just("grant"),
     target=st.sampled_from(["g1", "g2", "g3"]),
     actor=st.sampled_from(["dr1", "dr2", "ris-b"]),
+    community=st.sampled_from([None, "c1", "c2"]),
     patient=st.sampled_from([P1, P2]),
     study=st.sampled_from([None, *STUDIES]),
     window=st.sampled_from(list(WINDOWS)),
+    active=st.booleans(),
+)
+member_ops = st.builds(
+    Op,
+    kind=st.just("member"),
+    target=st.sampled_from(["c1", "c2"]),
+    actor=st.sampled_from(["dr1", "dr2", "ris-b"]),
     active=st.booleans(),
 )
 opposition_ops = st.builds(
@@ -204,11 +272,20 @@ def reference(ops: list[Op], actor: Actor) -> set[str]:
     """The rules, in plain Python, over the final state (the newest change of each target)."""
     grants: dict[str, Op] = {}
     opposed: dict[str, bool] = {}
+    members: dict[tuple[str, str], bool] = {}
     for op in ops:  # in version order
         if op.kind == "grant":
             grants[op.target] = op
+        elif op.kind == "member":
+            members[op.target, op.actor] = op.active
         else:
             opposed[op.target] = op.active
+
+    def holds(g: Op) -> bool:
+        if g.community is None:
+            return g.actor == actor.sub
+        return members.get((g.community, actor.sub), False)
+
     seen = set()
     for uid, (structure, key) in STUDIES.items():
         if actor.role is RoleValues.PATIENT:
@@ -223,31 +300,39 @@ def reference(ops: list[Op], actor: Actor) -> set[str]:
                 start, end = WINDOWS[g.window]
                 live = g.active and start <= NOW and (end is None or end > NOW)
                 covers = g.patient == key and g.study in (None, uid)
-                allowed = allowed or (g.actor == actor.sub and live and covers)
+                allowed = allowed or (holds(g) and live and covers)
         if allowed:
             seen.add(uid)
     return seen
 
 
-def to_events(ops: list[Op]) -> list[GrantChanged | OppositionChanged]:
-    events: list[GrantChanged | OppositionChanged] = []
+def to_events(ops: list[Op]) -> list[Event]:
+    events: list[Event] = []
     for version, op in enumerate(ops, start=1):
-        if op.kind == "grant":
+        if op.kind == "grant" and op.community is not None:
+            events.append(
+                community_grant(
+                    op.target, version, op.community, op.patient, op.study, op.window, op.active
+                )
+            )
+        elif op.kind == "grant":
             events.append(
                 grant(op.target, version, op.actor, op.patient, op.study, op.window, op.active)
             )
+        elif op.kind == "member":
+            events.append(member(version, op.actor, op.target, op.active))
         else:
             events.append(opposition(version, op.target, op.active))
     return events
 
 
 @settings(
-    max_examples=60,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    ops=st.lists(st.one_of(grant_ops, opposition_ops), min_size=1, max_size=12),
+    ops=st.lists(st.one_of(grant_ops, member_ops, opposition_ops), min_size=1, max_size=14),
     seed=st.integers(0, 2**16),
 )
 async def test_no_sequence_shows_what_the_rules_deny(
@@ -295,3 +380,39 @@ async def test_qido_tells_why_a_professional_sees_each_study(world: asyncpg.Pool
     assert set(by_series.access) <= {"1.2", "1.3", "1.4"}
     none = await run_qido(world, QidoRequest(query=query, actor=RIS_B))
     assert none.access == {}
+
+
+async def test_qido_tells_when_a_community_opens_a_study(world: asyncpg.Pool) -> None:
+    code = msgspec.structs.replace(
+        grant("code", 1, actor="dr1", study="1.2"), basis=AccessBasisValues.SHARE_CODE
+    )
+    btg = msgspec.structs.replace(
+        grant("btg", 2, actor="dr1", patient=P2), basis=AccessBasisValues.BREAK_GLASS
+    )
+    await apply_policy_events(world, [code, btg, member(3, sub="dr1"), community_grant("s", 4)])
+    query = parse_qido("study", [("limit", "100")])
+    response = await run_qido(world, QidoRequest(query=query, actor=DR1))
+    # The community ranks before a share code; its own structure's study has no grant basis.
+    assert response.access == {
+        "1.2": "community",
+        "1.3": "break_the_glass",
+        "1.4": "break_the_glass",
+    }
+    await apply_policy_events(world, [member(5, sub="dr1", active=False)])
+    response = await run_qido(world, QidoRequest(query=query, actor=DR1))
+    assert response.access == {
+        "1.2": "share_code",
+        "1.3": "break_the_glass",
+        "1.4": "break_the_glass",
+    }
+
+
+async def test_a_member_of_communities_without_live_grants_keeps_the_fast_path(
+    world: asyncpg.Pool,
+) -> None:
+    await apply_policy_events(world, [member(1), community_grant("s", 2, window="past")])
+    assert await actor_has_grants(world, DR2) is False
+    await apply_policy_events(world, [community_grant("t", 3)])
+    assert await actor_has_grants(world, DR2) is True
+    await apply_policy_events(world, [member(4, active=False)])
+    assert await actor_has_grants(world, DR2) is False

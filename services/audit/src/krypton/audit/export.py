@@ -35,6 +35,7 @@ STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"  # the QIDO-RS equivalent
 # Purpose of use in HL7 v3 ActReason terms, next to Krypton's own basis code.
 _PURPOSE: Final = {
     AccessBasisValues.CARE_RELATIONSHIP: ("TREAT", "treatment"),
+    AccessBasisValues.COMMUNITY: ("TREAT", "treatment"),
     AccessBasisValues.PRODUCING_STRUCTURE: ("TREAT", "treatment"),
     AccessBasisValues.TELERADIOLOGY: ("TREAT", "treatment"),
     AccessBasisValues.SHARE_CODE: ("PATRQT", "patient requested"),

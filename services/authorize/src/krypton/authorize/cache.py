@@ -17,6 +17,7 @@ from typing import Final
 import msgspec
 
 from krypton.contracts.authorize.v1 import (
+    CommunityMemberChanged,
     DecideRequest,
     DecideResponse,
     DirectoryChanged,
@@ -109,8 +110,10 @@ class DecisionCache:
 
     def invalidate(self, event: PolicyEvent) -> None:
         """Forget what `event` may change."""
-        if isinstance(event, DirectoryChanged):
-            # A patient's local identifiers changed (or a directory entry): rare, start over.
+        if isinstance(event, DirectoryChanged | CommunityMemberChanged):
+            # A patient's local identifiers changed, a directory entry, or who belongs to a
+            # community (it changes the professional's access to every shared patient): rare,
+            # start over.
             self.clear()
         elif isinstance(event, OppositionChanged):
             for key in {event.patient_key, *event.patient_keys}:

@@ -15,7 +15,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from krypton.authorize import trail
+from krypton.authorize import communities, trail
 from krypton.authorize.errors import PolicyError
 from krypton.authorize.outbox import OutboxPublisher
 from krypton.authorize.policy import Policy
@@ -25,6 +25,9 @@ from krypton.contracts.authorize.v1 import (
     BreakGlassOpen,
     BreakGlassReview,
     CareDeclaration,
+    CommunityMemberAdd,
+    CommunityRecord,
+    CommunityShareCreate,
     OppositionChange,
     PatientRecord,
     ProfessionalRecord,
@@ -150,6 +153,33 @@ async def _patient_get(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
     return 200, await p.get_patient(c.actor, _param(c, "ins"))
 
 
+async def _community_put(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
+    body = _body(c, CommunityRecord)
+    return 200, await communities.put_community(p, c.actor, _param(c, "id"), body)
+
+
+async def _community_get(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
+    return 200, await communities.get_community(p, c.actor, _param(c, "id"))
+
+
+async def _member_add(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
+    body = _body(c, CommunityMemberAdd)
+    return 200, await communities.add_member(p, c.actor, _param(c, "id"), body)
+
+
+async def _member_remove(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
+    return 200, await communities.remove_member(p, c.actor, _param(c, "id"), _param(c, "sub"))
+
+
+async def _community_share(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
+    body = _body(c, CommunityShareCreate)
+    return 201, await communities.share(p, c.actor, _param(c, "id"), body)
+
+
+async def _community_share_end(p: Policy, c: AuthzCommand) -> tuple[int, Any]:
+    return 200, await communities.end_share(p, c.actor, _param(c, "id"), _param(c, "share_id"))
+
+
 #: Operation name (the subject suffix after ``svc.authz.``) → handler.
 OPERATIONS: Final[dict[str, Operation]] = {
     "care.declare": _care_declare,
@@ -172,6 +202,12 @@ OPERATIONS: Final[dict[str, Operation]] = {
     "admin.professional.list": _professional_list,
     "admin.patient.put": _patient_put,
     "admin.patient.get": _patient_get,
+    "admin.community.put": _community_put,
+    "admin.community.member.add": _member_add,
+    "admin.community.member.remove": _member_remove,
+    "community.get": _community_get,
+    "community.share": _community_share,
+    "community.share.end": _community_share_end,
 }
 
 

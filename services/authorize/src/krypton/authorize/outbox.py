@@ -35,6 +35,7 @@ _KIND: Final = {
     "BreakGlassOpened": "break_glass",
     "ShareCodeChanged": "share_code",
     "DirectoryChanged": "directory",
+    "CommunityMemberChanged": "community",
 }
 
 

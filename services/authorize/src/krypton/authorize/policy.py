@@ -7,8 +7,9 @@ Rules (decision for one actor, one patient, one study — see `Policy.decide`):
 2. The producing structure (its systems and professionals) always sees its own studies.
 3. Anyone else must be a professional, and the patient must have no active opposition
    (no exception: break-the-glass included).
-4. Then one live grant of the professional on the patient suffices: a care relationship, a
-   share code they redeemed (covering that study, or all the patient's studies), or a
+4. Then one live grant of the professional on the patient suffices: a care relationship, the
+   patient's file shared with a community they currently belong to (`communities`), a share
+   code they redeemed (covering that study, or all the patient's studies), or a
    break-the-glass session they opened. Otherwise: deny.
 
 "Live" is evaluated against the database clock, here and in the index projection, so expiry
@@ -267,6 +268,7 @@ class Policy:
             return DecideResponse(allow=False, reason="opposition")
         for column, basis in (
             ("care", AccessBasisValues.CARE),
+            ("community", AccessBasisValues.COMMUNITY),
             ("code", AccessBasisValues.SHARE_CODE),
             ("btg", AccessBasisValues.BREAK_GLASS),
         ):
@@ -914,6 +916,11 @@ SELECT
   EXISTS (SELECT 1 FROM authz.care_relationships c
            WHERE c.actor_sub = $1 AND c.patient_key = $2 AND c.ended_at IS NULL
              AND c.starts_at <= now() AND c.ends_at > now()) AS care,
+  EXISTS (SELECT 1 FROM authz.community_shares cs
+           JOIN authz.community_members cm ON cm.community_id = cs.community_id
+           WHERE cm.actor_sub = $1 AND cm.removed_at IS NULL AND cs.patient_key = $2
+             AND cs.ended_at IS NULL AND cs.valid_from <= now()
+             AND cs.valid_until > now()) AS community,
   EXISTS (SELECT 1 FROM authz.share_codes s
            WHERE s.bound_to = $1 AND s.patient_key = $2 AND s.revoked_at IS NULL
              AND s.valid_from <= now() AND s.valid_until > now()

@@ -67,6 +67,11 @@ _TYPES: Final = {
     "admin.structure.put": T.ADMIN_CHANGE,
     "admin.professional.put": T.ADMIN_CHANGE,
     "admin.patient.put": T.ADMIN_CHANGE,
+    "admin.community.put": T.ADMIN_CHANGE,
+    "admin.community.member.add": T.ADMIN_CHANGE,
+    "admin.community.member.remove": T.ADMIN_CHANGE,
+    "community.share": T.CARE_CHANGED,
+    "community.share.end": T.CARE_CHANGED,
 }
 
 

@@ -24,6 +24,10 @@ unauthenticated call must get 401, not a validation error).
 | physician / patient / admin | ``GET /api/break-the-glass`` | list |
 | admin | ``POST /api/break-the-glass/{id}/review`` | review |
 | admin | ``PUT/GET /api/admin/structures``, ``/api/admin/professionals``, ``/api/admin/patients`` | directory |
+| admin | ``PUT /api/admin/communities/{id}`` | create or rename a community |
+| admin / owning structure | ``POST /api/admin/communities/{id}/members``, ``DELETE .../members/{sub}`` | members |
+| admin / owning structure / member | ``GET /api/communities/{id}`` | members and live shares |
+| structure / admin | ``POST /api/communities/{id}/shares``, ``POST .../shares/{share_id}/end`` | share a patient's file |
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from krypton.contracts.authorize.v1 import (
     BreakGlassSession,
     CareDeclaration,
     CareRelationship,
+    Community,
+    CommunityMemberAdd,
+    CommunityRecord,
+    CommunityShare,
+    CommunityShareCreate,
     OppositionChange,
     OppositionStatus,
     PatientRecord,
@@ -359,3 +368,65 @@ async def put_patient(request: Request, ins: str) -> Response:
 async def get_patient(request: Request, ins: str) -> Response:
     """Admin: a patient's record."""
     return await _forward(request, "admin.patient.get", params={"ins": ins})
+
+
+# --- communities (tumour boards) -----------------------------------------------------------
+
+
+@router.put(
+    "/admin/communities/{community_id}",
+    **_doc(CommunityRecord, Community, 200, "Create or update a community"),
+)
+async def put_community(request: Request, community_id: str) -> Response:
+    """Admin: a community of professionals (e.g. a tumour board) and its owning structure."""
+    return await _forward(
+        request, "admin.community.put", params={"id": community_id}, with_body=True
+    )
+
+
+@router.post(
+    "/admin/communities/{community_id}/members",
+    **_doc(CommunityMemberAdd, Community, 200, "Add a member to a community"),
+)
+async def add_community_member(request: Request, community_id: str) -> Response:
+    """Admin or the owning structure: a professional joins; they see its shared patients."""
+    return await _forward(
+        request, "admin.community.member.add", params={"id": community_id}, with_body=True
+    )
+
+
+@router.delete(
+    "/admin/communities/{community_id}/members/{sub}",
+    **_doc(None, Community, 200, "Remove a member from a community"),
+)
+async def remove_community_member(request: Request, community_id: str, sub: str) -> Response:
+    """Admin or the owning structure: the professional stops seeing its patients within a second."""
+    return await _forward(
+        request, "admin.community.member.remove", params={"id": community_id, "sub": sub}
+    )
+
+
+@router.get("/communities/{community_id}", **_doc(None, Community, 200, "A community"))
+async def get_community(request: Request, community_id: str) -> Response:
+    """A community with its members and live shares (admin, owning structure, members)."""
+    return await _forward(request, "community.get", params={"id": community_id})
+
+
+@router.post(
+    "/communities/{community_id}/shares",
+    **_doc(CommunityShareCreate, CommunityShare, 201, "Share a patient's file with a community"),
+)
+async def share_with_community(request: Request, community_id: str) -> Response:
+    """A structure (or an admin) shares a patient's file: every member sees their studies."""
+    return await _forward(request, "community.share", params={"id": community_id}, with_body=True)
+
+
+@router.post(
+    "/communities/{community_id}/shares/{share_id}/end",
+    **_doc(None, CommunityShare, 200, "End a share with a community"),
+)
+async def end_community_share(request: Request, community_id: str, share_id: str) -> Response:
+    """The sharing structure (or an admin) ends a share; access stops within a second."""
+    return await _forward(
+        request, "community.share.end", params={"id": community_id, "share_id": share_id}
+    )

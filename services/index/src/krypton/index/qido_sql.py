@@ -80,6 +80,14 @@ _TM_RE: Final = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$")
 _LIVE: Final = (
     "g.active AND g.valid_from <= now() AND (g.valid_until IS NULL OR g.valid_until > now())"
 )
+# Whose grants count for the actor ($1): their own, and those of the communities they
+# currently belong to. The ARRAY(...) is uncorrelated, so PostgreSQL evaluates it once per
+# statement and both arms stay index conditions (access_grants_actor_idx and
+# access_grants_community_idx).
+_HOLDER: Final = (
+    "(g.actor_sub = $1 OR g.community_id = ANY(ARRAY(SELECT m.community_id"
+    " FROM index.community_members m WHERE m.actor_sub = $1 AND m.active)))"
+)
 
 
 def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[str, list[object]]:
@@ -92,7 +100,8 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
     - producer (a structure's system): the studies of its structure;
     - professional: the studies of their structure, and the studies of a patient without an
       active opposition for which they hold a live grant (care relationship, redeemed share
-      code, break-the-glass) covering the patient or that study;
+      code, break-the-glass) covering the patient or that study, or belong to a community
+      holding one (the patient's file shared with a tumour board);
     - anyone else, or a role without the identifier it needs: nothing.
 
     Placeholders are numbered from ``$1`` within the fragment. This is the one place the rule
@@ -101,9 +110,10 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
     Args:
         actor: The verified caller.
         alias: The alias of ``index.studies`` in the statement.
-        grants: False when the caller checked that the professional holds no live grant
-            (`actor_has_grants`): the condition is then the structure's alone, which keeps
-            the index-ordered listing plan. Leaving it True is always correct.
+        grants: False when the caller checked that the professional holds no live grant,
+            directly or through a community (`actor_has_grants`): the condition is then the
+            structure's alone, which keeps the index-ordered listing plan. Leaving it True is
+            always correct.
     """
     if actor.role is RoleValues.ADMIN:
         return "TRUE", []
@@ -122,8 +132,8 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
     # scope), and the NOT EXISTS applies the patient's opposition.
     granted = (
         f"({alias}.patient_key = ANY(ARRAY(SELECT g.patient_key FROM index.access_grants g"
-        f" WHERE g.actor_sub = $1 AND {_LIVE}))"
-        f" AND EXISTS (SELECT 1 FROM index.access_grants g WHERE g.actor_sub = $1"
+        f" WHERE {_HOLDER} AND {_LIVE}))"
+        f" AND EXISTS (SELECT 1 FROM index.access_grants g WHERE {_HOLDER}"
         f" AND g.patient_key = {alias}.patient_key"
         f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE})"
         f" AND NOT EXISTS (SELECT 1 FROM index.oppositions o"
@@ -138,9 +148,11 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
 # professional holds several grants on a patient (the ordinary one before the exceptional).
 _GRANT_BASIS: Final = (
     "CASE g.basis WHEN 'care' THEN 'care_relationship' WHEN 'break_glass' THEN 'break_the_glass'"
-    " ELSE g.basis END"
+    " WHEN 'community' THEN 'community' ELSE g.basis END"
 )
-_GRANT_RANK: Final = "CASE g.basis WHEN 'care' THEN 0 WHEN 'share_code' THEN 1 ELSE 2 END"
+_GRANT_RANK: Final = (
+    "CASE g.basis WHEN 'care' THEN 0 WHEN 'community' THEN 1 WHEN 'share_code' THEN 2 ELSE 3 END"
+)
 #: Result columns a QIDO statement adds when it computes the basis (never rendered).
 BASIS_COLUMN: Final = "__basis"
 STUDY_COLUMN: Final = "__study"
@@ -151,7 +163,8 @@ def access_basis(actor: Actor, alias: str) -> tuple[str, list[object]] | None:
 
     For a professional holding grants it is NULL on the studies of their own structure (seen
     as the producing structure) and otherwise the audit basis of the grant that opens the
-    study (``care_relationship``, ``share_code``, ``break_the_glass``), following the arms of
+    study (``care_relationship``, ``community``, ``share_code``, ``break_the_glass``, in that
+    order of preference), following the arms of
     `access_predicate`. For everyone else the basis is the same for every visible study (the
     gateway knows it from the role), so there is nothing to compute.
 
@@ -160,7 +173,7 @@ def access_basis(actor: Actor, alias: str) -> tuple[str, list[object]] | None:
     if actor.role is not RoleValues.PROFESSIONAL:
         return None
     grant = (
-        f"(SELECT {_GRANT_BASIS} FROM index.access_grants g WHERE g.actor_sub = $1"
+        f"(SELECT {_GRANT_BASIS} FROM index.access_grants g WHERE {_HOLDER}"
         f" AND g.patient_key = {alias}.patient_key"
         f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE}"
         f" ORDER BY {_GRANT_RANK} LIMIT 1)"
@@ -174,11 +187,15 @@ def access_basis(actor: Actor, alias: str) -> tuple[str, list[object]] | None:
 
 
 async def actor_has_grants(pool: asyncpg.Pool, actor: Actor) -> bool:
-    """Whether a professional holds any live grant (one index probe)."""
+    """Whether a professional holds any live grant, directly or through a community.
+
+    Two index probes (memberships, then grants); a member of communities that hold no live
+    grant keeps the fast path.
+    """
     if actor.role is not RoleValues.PROFESSIONAL:
         return False
     found = await pool.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM index.access_grants g WHERE g.actor_sub = $1 AND {_LIVE})",
+        f"SELECT EXISTS (SELECT 1 FROM index.access_grants g WHERE {_HOLDER} AND {_LIVE})",
         actor.sub,
     )
     return bool(found)

@@ -63,6 +63,7 @@ class AccessBasisValues(enum.StrEnum):
     BREAK_THE_GLASS = "break_the_glass"
     TELERADIOLOGY = "teleradiology"
     ADMIN = "admin"
+    COMMUNITY = "community"  # the patient's file is shared with a community of the actor
     PATIENT_SELF = "patient_self"
     NONE = "none"  # nothing was disclosed (authentication, denial, store)
 

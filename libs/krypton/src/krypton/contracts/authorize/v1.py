@@ -4,8 +4,8 @@ Three families:
 
 - **Policy events** (`PolicyEvent`), published by authorize from its outbox on
   ``krypton.v1.policy.changed.<kind>`` (stream ``KRYPTON_POLICY``), tagged by ``kind``. The
-  index keeps its access projection from `GrantChanged` and `OppositionChanged`; the others
-  feed notification and review. Every event carries ``version``, the outbox sequence number,
+  index keeps its access projection from `GrantChanged`, `OppositionChanged` and
+  `CommunityMemberChanged`; the others feed notification and review. Every event carries ``version``, the outbox sequence number,
   which grows for successive changes of one grant or one patient's opposition, so consumers
   apply the newest and ignore late redeliveries.
 - **Decisions**: `DecideRequest` → `DecideResponse` on ``svc.authz.decide`` (queue group
@@ -37,6 +37,13 @@ __all__ = [
     "CareBasisValues",
     "CareDeclaration",
     "CareRelationship",
+    "Community",
+    "CommunityMember",
+    "CommunityMemberAdd",
+    "CommunityMemberChanged",
+    "CommunityRecord",
+    "CommunityShare",
+    "CommunityShareCreate",
     "DecideBatchRequest",
     "DecideBatchResponse",
     "DecideRequest",
@@ -76,6 +83,7 @@ class PolicyKindValues(enum.StrEnum):
     BREAK_GLASS = "break_glass"
     SHARE_CODE = "share_code"
     DIRECTORY = "directory"
+    COMMUNITY = "community"  # a community's membership changed
 
 
 class CareBasisValues(enum.StrEnum):
@@ -96,6 +104,7 @@ class AccessBasisValues(enum.StrEnum):
     CARE = "care"
     SHARE_CODE = "share_code"
     BREAK_GLASS = "break_glass"
+    COMMUNITY = "community"  # the patient's file is shared with a community of the actor
 
 
 class ShareScopeValues(enum.StrEnum):
@@ -120,21 +129,23 @@ class ShareCodeEventValues(enum.StrEnum):
 class GrantChanged(msgspec.Struct, frozen=True, kw_only=True, tag="grant", tag_field="kind"):
     """The current state of one access grant: the index projection's input.
 
-    A grant is a care relationship, a redeemed share code or a break-the-glass session. It
-    lets `actor_sub` see the studies of `patient_key` (only `study_uid` when set) while
-    ``valid_from <= now < valid_until`` and `active`. Ending or revoking a grant sends it
-    again with ``active=False``.
+    A grant is a care relationship, a redeemed share code, a break-the-glass session or a
+    patient's file shared with a community. It lets `actor_sub` (or, for a community grant,
+    every current member of `community_id`, see `CommunityMemberChanged`) see the studies of
+    `patient_key` (only `study_uid` when set) while ``valid_from <= now < valid_until`` and
+    `active`. Ending or revoking a grant sends it again with ``active=False``.
     """
 
-    grant_id: str  # "care:<uuid>", "code:<uuid>", "btg:<uuid>"
+    grant_id: str  # "care:<uuid>", "code:<uuid>", "btg:<uuid>", "community:<uuid>"
     version: int
-    actor_sub: str
+    actor_sub: str  # empty for a community grant (its holder is `community_id`)
     patient_key: str
     study_uid: str | None = None
     valid_from: datetime
     valid_until: datetime | None = None
     basis: AccessBasisValues
     active: bool = True
+    community_id: str | None = None  # added with communities: the grant is the community's
 
 
 class OppositionChanged(
@@ -201,8 +212,29 @@ class DirectoryChanged(
     at: datetime
 
 
+class CommunityMemberChanged(
+    msgspec.Struct, frozen=True, kw_only=True, tag="community", tag_field="kind"
+):
+    """A professional joined (`active`) or left a community: its grants follow them.
+
+    `version` grows for successive changes of one (community, professional) pair.
+    """
+
+    community_id: str
+    actor_sub: str
+    version: int
+    active: bool
+    changed_by: str
+    at: datetime
+
+
 PolicyEvent = (
-    GrantChanged | OppositionChanged | BreakGlassOpened | ShareCodeChanged | DirectoryChanged
+    GrantChanged
+    | OppositionChanged
+    | BreakGlassOpened
+    | ShareCodeChanged
+    | DirectoryChanged
+    | CommunityMemberChanged
 )
 
 
@@ -336,6 +368,29 @@ class ProfessionalRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     structures: list[str] = msgspec.field(default_factory=list)
 
 
+class CommunityRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A community of professionals (e.g. a tumour board) and the structure that runs it."""
+
+    id: str | None = None  # taken from the path when absent
+    name: str
+    structure: str | None = None  # owning structure (FINESS): its systems manage the members
+
+
+class CommunityMemberAdd(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Add a professional to a community."""
+
+    sub: str  # IDNPS (8 + RPPS) — the professional's token subject
+
+
+class CommunityShareCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A structure (or an admin) shares a patient's file with a community."""
+
+    patient_ins: str | None = None
+    patient_ipp: str | None = None  # the structure's local identifier, mapped to the INS
+    valid_from: datetime | None = None  # default: now
+    valid_until: datetime | None = None  # default: a year after the start
+
+
 class PatientIpp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A structure's local identifier (IPP) of a patient."""
 
@@ -369,6 +424,42 @@ class CareRelationship(msgspec.Struct, frozen=True, kw_only=True):
     ended_at: datetime | None = None
     ended_by: str | None = None
     active: bool
+
+
+class CommunityMember(msgspec.Struct, frozen=True, kw_only=True):
+    """A current member of a community."""
+
+    sub: str
+    added_at: datetime
+    added_by: str
+
+
+class CommunityShare(msgspec.Struct, frozen=True, kw_only=True):
+    """A patient's file shared with a community, as stored."""
+
+    id: str
+    community_id: str
+    patient_key: str
+    valid_from: datetime
+    valid_until: datetime
+    shared_by: str
+    structure: str | None = None  # sharing structure (FINESS)
+    created_at: datetime
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    active: bool
+
+
+class Community(msgspec.Struct, frozen=True, kw_only=True):
+    """A community with its current members and its live shares."""
+
+    id: str
+    name: str
+    structure: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    members: list[CommunityMember] = msgspec.field(default_factory=list)
+    shares: list[CommunityShare] = msgspec.field(default_factory=list)
 
 
 class ShareCode(msgspec.Struct, frozen=True, kw_only=True):
