@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import imagecodecs
 import numpy as np
@@ -31,6 +31,8 @@ from pydicom.pixels.decoders import (  # type: ignore[attr-defined]
     HTJ2KDecoder,
     HTJ2KLosslessDecoder,
     HTJ2KLosslessRPCLDecoder,
+    JPEGLSLosslessDecoder,
+    JPEGLSNearLosslessDecoder,
 )
 from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.pixels.utils import pack_bits, pixel_array
@@ -41,6 +43,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
 )
 
@@ -51,6 +54,7 @@ __all__ = [
     "DecodeError",
     "decode_frame",
     "decode_htj2k_frame",
+    "decode_jpegls_frame",
     "frame_count",
     "is_available",
     "native_frame_length",
@@ -63,11 +67,19 @@ _PIXEL_KEYWORDS: Final = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _IMAGECODECS_PLUGIN: Final = "krypton-imagecodecs"
 _JPEG_QUALITY: Final = 90
 
-#: pydicom decoder plugin protocol: what the imagecodecs HTJ2K plugin needs.
+#: pydicom decoder plugin protocol: what the imagecodecs plugin needs (HTJ2K through OpenJPH,
+#: JPEG-LS through CharLS: 6 ms instead of 23 ms per 512x512 16-bit frame with pylibjpeg).
 DECODER_DEPENDENCIES: Final = dict.fromkeys(
-    (HTJ2KLossless, UID("1.2.840.10008.1.2.4.202"), UID("1.2.840.10008.1.2.4.203")),
+    (
+        HTJ2KLossless,
+        UID("1.2.840.10008.1.2.4.202"),
+        UID("1.2.840.10008.1.2.4.203"),
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+    ),
     ("imagecodecs>=2024.1.1",),
 )
+_JPEGLS: Final = frozenset({JPEGLSLossless, JPEGLSNearLossless})
 
 
 class DecodeError(ValueError):
@@ -75,7 +87,9 @@ class DecodeError(ValueError):
 
 
 def is_available(uid: str) -> bool:
-    """Pydicom decoder plugin protocol: whether imagecodecs can decode HTJ2K here."""
+    """Pydicom decoder plugin protocol: whether imagecodecs can decode `uid` here."""
+    if uid in _JPEGLS:
+        return bool(imagecodecs.JPEGLS.available)
     return bool(imagecodecs.HTJ2K.available)
 
 
@@ -84,16 +98,32 @@ def decode_htj2k_frame(src: bytes, runner: DecodeRunner) -> bytearray:
     return bytearray(imagecodecs.htj2k_decode(src, planar=False).tobytes())
 
 
-def _register_htj2k_plugin() -> bool:
-    if not is_available(HTJ2KLossless):
+def decode_jpegls_frame(src: bytes, runner: DecodeRunner) -> bytearray:
+    """Pydicom decoder plugin: one JPEG-LS codestream decoded by CharLS (interleaved samples)."""
+    return bytearray(imagecodecs.jpegls_decode(src).tobytes())
+
+
+def _register_plugin(decoders: tuple[Any, ...], function: str, uid: UID) -> bool:
+    if not is_available(uid):
         return False
-    for decoder in (HTJ2KLosslessDecoder, HTJ2KLosslessRPCLDecoder, HTJ2KDecoder):
+    for decoder in decoders:
         if _IMAGECODECS_PLUGIN not in decoder.available_plugins:
-            decoder.add_plugin(_IMAGECODECS_PLUGIN, (__name__, "decode_htj2k_frame"))
+            decoder.add_plugin(_IMAGECODECS_PLUGIN, (__name__, function))
     return True
 
 
+def _register_htj2k_plugin() -> bool:
+    return _register_plugin(
+        (HTJ2KLosslessDecoder, HTJ2KLosslessRPCLDecoder, HTJ2KDecoder),
+        "decode_htj2k_frame",
+        HTJ2KLossless,
+    )
+
+
 _FAST_HTJ2K: Final = _register_htj2k_plugin()
+_FAST_JPEGLS: Final = _register_plugin(
+    (JPEGLSLosslessDecoder, JPEGLSNearLosslessDecoder), "decode_jpegls_frame", JPEGLSLossless
+)
 
 
 def read_dataset(source: bytes | Path, *, pixels: bool = True) -> FileDataset:
@@ -134,7 +164,8 @@ def decode_frame(source: bytes | Path, index: int) -> tuple[NDArray[np.generic],
         msg = f"frame {index + 1} does not exist"
         raise DecodeError(msg)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    plugin = _IMAGECODECS_PLUGIN if _FAST_HTJ2K and syntax in DECODER_DEPENDENCIES else ""
+    fast = _FAST_JPEGLS if syntax in _JPEGLS else _FAST_HTJ2K
+    plugin = _IMAGECODECS_PLUGIN if fast and syntax in DECODER_DEPENDENCIES else ""
     try:
         arr = pixel_array(fp, index=index, decoding_plugin=plugin)
     except Exception as exc:  # every codec plugin fails in its own way
