@@ -184,15 +184,8 @@ async def test_a_dpo_sees_events_on_their_structures_studies_and_exports_them(
 
 async def _restarted(platform: Running, restarts: int) -> None:
     """Wait until the supervisor has started a new audit process after the kill."""
-    child = platform.platform.supervisor.children["audit"]
-    for _ in range(600):
-        proc = child.proc
-        if child.restarts >= restarts and proc is not None and proc.returncode is None:
-            await asyncio.sleep(1.0)  # let it reconnect and resume consuming
-            return
-        await asyncio.sleep(0.1)
-    msg = "audit was not restarted"
-    raise AssertionError(msg)
+    await platform.platform.supervisor.wait_restarted("audit", restarts)
+    await asyncio.sleep(1.0)  # let it reconnect and resume consuming
 
 
 def _verify(platform: Running) -> subprocess.CompletedProcess[str]:

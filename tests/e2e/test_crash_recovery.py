@@ -61,8 +61,12 @@ async def test_killing_index_mid_ingest_loses_nothing_and_counts_once(
     for n, batch in enumerate(batches):
         acknowledged += await send(batch)
         if n in (3, 9):  # kill -9 twice while uploads keep coming
-            platform.platform.supervisor.kill("index", signal.SIGKILL)
+            supervisor = platform.platform.supervisor
+            restarts = supervisor.children["index"].restarts
+            supervisor.kill("index", signal.SIGKILL)
             killed += 1
+            # The next kill must find a live process: wait for the supervisor's restart.
+            await supervisor.wait_restarted("index", restarts + 1)
     assert killed == 2
     assert acknowledged == STUDIES * PER_STUDY
 

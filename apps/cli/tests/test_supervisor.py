@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from krypton.cli.supervisor import Supervisor
@@ -15,10 +14,7 @@ async def test_a_child_that_exits_is_restarted_and_stop_terminates_the_rest(caps
         "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     )
     await supervisor.start()
-    for _ in range(100):
-        if supervisor.children["quitter"].restarts >= 2:
-            break
-        await asyncio.sleep(0.1)
+    await supervisor.wait_restarted("quitter", 2, timeout=10)
     assert supervisor.children["quitter"].restarts >= 2
     sleeper = supervisor.children["sleeper"].proc
     assert sleeper is not None

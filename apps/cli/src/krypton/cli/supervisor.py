@@ -29,6 +29,8 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
+    running: asyncio.Event = field(default_factory=asyncio.Event)  # set while a process lives
+    exited: asyncio.Event = field(default_factory=asyncio.Event)  # set from exit to respawn
 
 
 class Supervisor:
@@ -76,6 +78,8 @@ class Supervisor:
         )
         child.proc = proc
         child.started_at = time.monotonic()
+        child.exited.clear()
+        child.running.set()
         return proc
 
     async def _pump(self, child: Child, proc: asyncio.subprocess.Process) -> None:
@@ -89,12 +93,14 @@ class Supervisor:
             proc = await self._spawn(child)
             await self._pump(child, proc)
             code = await proc.wait()
+            child.running.clear()
             if self._stopping.is_set():
                 return
             if time.monotonic() - child.started_at > 30:
                 delay = 0.5  # it ran a while: a fresh failure, not a crash loop
             self.echo(child.name, f"exited with {code}; restarting in {delay:.1f} s")
             child.restarts += 1
+            child.exited.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, 10.0)
@@ -104,6 +110,16 @@ class Supervisor:
         proc = self.children[name].proc
         if proc is not None and proc.returncode is None:
             proc.send_signal(sig)
+
+    async def wait_restarted(self, name: str, restarts: int, timeout: float = 60.0) -> None:
+        """Wait until child `name` has been restarted `restarts` times and runs again."""
+        child = self.children[name]
+        async with asyncio.timeout(timeout):
+            while child.restarts < restarts:
+                await child.exited.wait()
+                if child.restarts < restarts:
+                    child.exited.clear()
+            await child.running.wait()
 
     async def stop(self, timeout: float = 15.0) -> None:
         """Stop children in reverse order of registration: SIGTERM, then SIGKILL."""

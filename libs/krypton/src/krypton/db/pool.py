@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncpg
 
-__all__ = ["create_pool"]
+__all__ = ["create_pool", "ping"]
 
 
 async def create_pool(
@@ -38,3 +38,12 @@ async def create_pool(
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, server_settings=settings
     )
+
+
+async def ping(pool: asyncpg.Pool) -> bytes:
+    """Readiness answer for a service's `svc.<service>.ping`: ``ok`` or why not."""
+    try:
+        await pool.fetchval("select 1", timeout=2.0)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return b"down: postgres unreachable"
+    return b"ok"

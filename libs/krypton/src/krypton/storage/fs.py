@@ -4,6 +4,13 @@ Blocking I/O runs in worker threads, in large batches so that a multi-GB upload 
 thread hop per network chunk. Writes go to a temporary file in the destination directory, are
 fsynced, then renamed over the key and the directory is fsynced: a reader sees either nothing or
 the whole object, and a returned put survives a power cut.
+
+Relaxations for the ingest path, where staged uploads are checked and placed in batches:
+`open_volatile` (written from the caller's thread) and `put_stream(..., durable=False)` skip the
+fsyncs (the object is atomic but a power cut may lose or tear it, so its writer must not report
+it as kept); `sync(keys)` later makes such objects durable in place (each file, then each
+directory once), and `move_many` renames a batch, fsyncing each directory once (optionally each
+file's data first, `sync_data=True`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 import stat as stat_mode
 import tempfile
 import threading
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
@@ -22,7 +29,7 @@ from krypton.storage.base import DEFAULT_CHUNK_SIZE, ObjectInfo
 from krypton.storage.errors import ObjectNotFound, StorageUnavailable
 from krypton.storage.keys import validate_key, validate_prefix
 
-__all__ = ["FileSystemStore"]
+__all__ = ["FileSystemStore", "VolatileWriter"]
 
 _BACKEND = "fs"
 
@@ -61,8 +68,12 @@ class _AtomicWriter:
     cancelled coroutine, so the descriptor is never closed under a running write.
     """
 
-    def __init__(self, path: Path) -> None:
-        _makedirs_durable(path.parent)
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        if durable:
+            _makedirs_durable(path.parent)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._durable = durable
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
         self._temp = Path(temp)
@@ -82,11 +93,13 @@ class _AtomicWriter:
     def commit(self, key: str) -> ObjectInfo:
         with self._lock:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._durable:
+                os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self._temp, self._path)
             self._done = True
-            _fsync_dir(self._path.parent)
+            if self._durable:
+                _fsync_dir(self._path.parent)
             return ObjectInfo(key=key, size=self._size, sha256=self._hash.hexdigest())
 
     def abort(self) -> None:
@@ -96,6 +109,34 @@ class _AtomicWriter:
             self._done = True
             self._file.close()
             self._temp.unlink(missing_ok=True)
+
+
+class VolatileWriter:
+    """An object written chunk by chunk from the caller's thread, without fsync.
+
+    For staging on the request path: writing a chunk only copies it into the page cache, which
+    costs less than a hop to a worker thread. Atomic like every put (visible once committed,
+    never partially), but not durable: it must be made durable later
+    (`FileSystemStore.move_many(..., sync_data=True)`) before anyone is told it is kept.
+    Methods raise `OSError` as the system reports it.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        """Open a temporary file beside `path` (see `FileSystemStore.open_volatile`)."""
+        self._writer = _AtomicWriter(path, durable=False)
+        self._key = key
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Append `data`."""
+        self._writer.write(data)
+
+    def commit(self) -> ObjectInfo:
+        """Make the object visible under its key; its size and SHA-256."""
+        return self._writer.commit(self._key)
+
+    def abort(self) -> None:
+        """Drop the object (nothing appears under the key); safe after commit."""
+        self._writer.abort()
 
 
 class FileSystemStore:
@@ -124,13 +165,28 @@ class FileSystemStore:
         """Return the file that holds (or would hold) `key`."""
         return self._path(key)
 
-    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
-        """Write `chunks` to a temporary file, then rename it to `key` (see `ObjectStore`)."""
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes], *, durable: bool = True
+    ) -> ObjectInfo:
+        """Write `chunks` to a temporary file, then rename it to `key` (see `ObjectStore`).
+
+        Args:
+            key: Where the object goes.
+            chunks: Its bytes.
+            durable: When False, nothing is fsynced: the object is still atomic, but a power cut
+                may lose it or leave it short. Only for objects that are made durable later
+                (`move_many(..., sync_data=True)`) before anyone is told they are kept.
+        """
         path = self._path(key)
-        writer = await _run(_AtomicWriter, path)
+        buffer = bytearray()
+        writer: _AtomicWriter | None = None
         try:
-            buffer = bytearray()
             async for chunk in chunks:
+                if writer is None and len(buffer) + len(chunk) < self._write_buffer:
+                    buffer += chunk  # a small object is written in one thread hop at the end
+                    continue
+                if writer is None:
+                    writer = await _run(_AtomicWriter, path, durable=durable)
                 if not buffer and len(chunk) >= self._write_buffer:
                     await _run(writer.write, chunk)  # already big: skip the copy
                     continue
@@ -138,28 +194,32 @@ class FileSystemStore:
                 if len(buffer) >= self._write_buffer:
                     await _run(writer.write, buffer)
                     buffer = bytearray()
+            if writer is None:
+                if not durable:
+                    # Without fsync a small write only copies into the page cache: cheaper in
+                    # the loop than a thread hop, which waits for the GIL under load.
+                    return _inline(_put_whole, path, key, buffer, durable)
+                return await _run(_put_whole, path, key, buffer, durable)
             if buffer:
                 await _run(writer.write, buffer)
             return await _run(writer.commit, key)
         except BaseException:
             # Synchronous on purpose: it must also run when the task is being cancelled.
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
+
+    def open_volatile(self, key: str) -> VolatileWriter:
+        """Start a non-durable object under `key`, written from the caller's thread.
+
+        Raises:
+            OSError: The directory or temporary file could not be created.
+        """
+        return VolatileWriter(self._path(key), key)
 
     async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         """Store `data` under `key` atomically and durably."""
-        path = self._path(key)
-
-        def put() -> ObjectInfo:
-            writer = _AtomicWriter(path)
-            try:
-                writer.write(data)
-                return writer.commit(key)
-            except BaseException:
-                writer.abort()
-                raise
-
-        return await _run(put)
+        return await _run(_put_whole, self._path(key), key, data, True)
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Return up to `length` bytes from `offset` (see `ObjectStore.read`)."""
@@ -246,6 +306,99 @@ class FileSystemStore:
 
         await _run(move)
 
+    async def sync(self, keys: Sequence[str]) -> list[Exception | None]:
+        """Make objects written with `durable=False` durable where they are, in one thread hop.
+
+        Each file's data is fsynced, then each directory holding them once.
+
+        Returns:
+            Per key, `None` when durable, or the error met (`ObjectNotFound`,
+            `StorageUnavailable`); one failure never stops the others.
+        """
+        paths = [(key, self._path(key)) for key in keys]
+
+        def sync_all() -> list[Exception | None]:
+            results: list[Exception | None] = []
+            directories: dict[Path, None] = {}
+            for key, path in paths:
+                try:
+                    _fsync_file(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    results.append(ObjectNotFound(key))
+                    continue
+                except OSError as exc:
+                    results.append(_unavailable(exc))
+                    continue
+                directories[path.parent] = None
+                results.append(None)
+            for directory in directories:
+                try:
+                    _fsync_dir(directory)
+                except OSError as exc:
+                    # Its files' entries are not known to be durable.
+                    return [r if r is not None else _unavailable(exc) for r in results]
+            return results
+
+        return await _run(sync_all)
+
+    async def move_many(
+        self, moves: Sequence[tuple[str, str]], *, sync_data: bool = False
+    ) -> list[Exception | None]:
+        """Move each `(src, dst)` like `move`, in one thread hop, fsyncing each directory once.
+
+        Args:
+            moves: The renames to make, in order.
+            sync_data: fsync each source file's data before its rename, for objects written
+                with `put_stream(..., durable=False)`: once this returns they are durable.
+
+        Returns:
+            Per move, `None` when done, or the error it met (`ObjectNotFound` when neither
+            `src` nor `dst` exists, `StorageUnavailable` for a disk error); one failed move
+            never stops the others.
+        """
+        paths = [(src, dst, self._path(src), self._path(dst)) for src, dst in moves]
+
+        def move_all() -> list[Exception | None]:
+            results: list[Exception | None] = []
+            touched: dict[Path, None] = {}  # directories whose entries changed, in order
+            for src, _dst, src_path, dst_path in paths:
+                try:
+                    if src_path == dst_path:
+                        results.append(None if dst_path.is_file() else ObjectNotFound(src))
+                        continue
+                    if sync_data:
+                        try:
+                            _fsync_file(src_path)
+                        except (FileNotFoundError, NotADirectoryError):
+                            # Moved by an earlier attempt (its data was synced then), or gone.
+                            results.append(None if dst_path.is_file() else ObjectNotFound(src))
+                            continue
+                    _makedirs_durable(dst_path.parent)
+                    try:
+                        os.replace(src_path, dst_path)
+                    except (FileNotFoundError, NotADirectoryError):
+                        results.append(None if dst_path.is_file() else ObjectNotFound(src))
+                        continue
+                    touched[dst_path.parent] = None
+                    touched[src_path.parent] = None
+                    results.append(None)
+                except OSError as exc:
+                    results.append(_unavailable(exc))
+            failed: OSError | None = None
+            for directory in touched:
+                try:
+                    _fsync_dir(directory)
+                except FileNotFoundError:
+                    continue  # an emptied staging directory swept meanwhile: nothing to keep
+                except OSError as exc:
+                    failed = exc
+            if failed is not None:
+                # A rename whose directory could not be synced is not known to be durable.
+                return [r if r is not None else _unavailable(failed) for r in results]
+            return results
+
+        return await _run(move_all)
+
     async def delete(self, key: str) -> None:
         """Remove the file at `key`; a missing one is fine."""
         path = self._path(key)
@@ -300,6 +453,30 @@ class FileSystemStore:
         """Nothing to release."""
 
 
+def _put_whole(path: Path, key: str, data: bytes | bytearray, durable: bool) -> ObjectInfo:
+    """Write a whole object in one go (one thread hop instead of three)."""
+    writer = _AtomicWriter(path, durable=durable)
+    try:
+        writer.write(data)
+        return writer.commit(key)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    """Make a file's data durable (fsync applies to the inode, whoever wrote it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unavailable(exc: OSError) -> StorageUnavailable:
+    return StorageUnavailable(f"{type(exc).__name__}: {exc}", backend=_BACKEND)
+
+
 async def _run(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run blocking I/O in a worker thread; a failing disk (full, read-only, EIO) is unavailable."""
     try:
@@ -307,6 +484,14 @@ async def _run(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     except OSError as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise StorageUnavailable(msg, backend=_BACKEND) from exc
+
+
+def _inline(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run short blocking I/O in the caller's thread, with `_run`'s error mapping."""
+    try:
+        return fn(*args, **kwargs)
+    except OSError as exc:
+        raise _unavailable(exc) from exc
 
 
 def _check_range(offset: int, length: int | None) -> None:

@@ -32,28 +32,19 @@ from krypton.bus import streams
 from krypton.bus.codec import encode
 from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer, TransientError
+from krypton.bus.service import run_service
 from krypton.contracts import subjects
 from krypton.contracts.audit.v1 import AuditEvent, AuditFormatValues, AuditQueryRequest
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.core.errors import ValidationError
-from krypton.core.logging import configure_logging, get_logger
+from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
-from krypton.db.pool import create_pool
-from krypton.telemetry.setup import setup_telemetry
+from krypton.db.errors import TRANSIENT_DB_ERRORS
+from krypton.db.pool import create_pool, ping
 
 __all__ = ["build_app", "main"]
 
 _log = get_logger("krypton.audit")
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-)
 _MEDIA = {
     AuditFormatValues.JSON: "application/json",
     AuditFormatValues.FHIR: "application/fhir+json",
@@ -106,14 +97,14 @@ def build_app(
             try:
                 async with pool.acquire() as conn:
                     added = await chain.append(conn, events)
-            except _TRANSIENT as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 raise TransientError(repr(exc)) from exc
             _log.debug("audit events recorded", batch=len(events), added=added)
 
         async def project(events: Sequence[InstanceStored]) -> None:
             try:
                 await upsert_studies(pool, events)
-            except _TRANSIENT as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 raise TransientError(repr(exc)) from exc
 
         consumers: list[BatchConsumer[AuditEvent] | BatchConsumer[InstanceStored]] = [
@@ -176,11 +167,7 @@ def build_app(
 
     @broker.subscriber(subjects.SVC_AUDIT_PING, queue="audit")
     async def on_ping() -> bytes:
-        try:
-            await state["pool"].fetchval("select 1", timeout=2.0)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return b"down: postgres unreachable"
-        return b"ok"
+        return await ping(state["pool"])
 
     app = FastStream(broker, lifespan=lifespan)
     return app, broker
@@ -188,11 +175,7 @@ def build_app(
 
 def main() -> None:
     """Entry point: `python -m krypton.audit`."""
-    settings = KryptonSettings()
-    configure_logging("audit", settings.log_level, settings.log_json)
-    setup_telemetry("audit")
-    app, _ = build_app(settings)
-    asyncio.run(app.run())
+    run_service("audit", build_app)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,13 @@
 A part is acknowledged to the client only as what ingest decided about it: stored (in the
 ReferencedSOPSequence) or refused with its DICOM failure reason (in the FailedSOPSequence). Bytes
 never sit whole in memory: each part streams to the object store as it arrives.
+
+Durability is ingest's job, not the gateway's: on the filesystem store a part is written to
+staging from the event loop without fsync (`FileSystemStore.open_volatile`), because the client
+is told nothing before ingest has checked the staged bytes against the size and SHA-256
+announced here and fsynced them (`FileSystemStore.sync`) before recording its verdict. A power
+cut before then loses or tears the staged copy; ingest then refuses it and the client, never
+answered, resends.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +38,7 @@ from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.storage.base import ObjectInfo
+from krypton.storage.fs import FileSystemStore, VolatileWriter
 from krypton.storage.keys import staging_key
 
 __all__ = ["store_instances"]
@@ -55,11 +64,17 @@ class _PartSink:
     )
     size: int = 0
     task: asyncio.Task[ObjectInfo] | None = None
+    # Filesystem store: the part is written in the loop as it arrives, without fsync (ingest
+    # verifies and syncs it before any verdict, see the module doc): no queue, task or thread.
+    writer: VolatileWriter | None = None
 
     def start(self) -> None:
-        self.task = asyncio.create_task(
-            self.ctx.store.put_stream(staging_key(self.upload_id), self._chunks())
-        )
+        store = self.ctx.store
+        key = staging_key(self.upload_id)
+        if isinstance(store, FileSystemStore):
+            self.writer = store.open_volatile(key)
+            return
+        self.task = asyncio.create_task(store.put_stream(key, self._chunks()))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self.queue.get()) is not None:
@@ -69,17 +84,25 @@ class _PartSink:
         self.size += len(data)
         if self.size > self.limit:
             raise PartTooLargeError
+        if self.writer is not None:
+            self.writer.write(data)
+            return
         assert self.task is not None
         if self.task.done():  # the store failed: surface its error now
             await self.task
         await self.queue.put(data)
 
     async def finish(self) -> ObjectInfo:
+        if self.writer is not None:
+            return self.writer.commit()
         await self.queue.put(None)
         assert self.task is not None
         return await self.task
 
     async def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            return
         if self.task is not None and not self.task.done():
             self.task.cancel()
             # Aborted on purpose: its own error is not the story.
@@ -262,8 +285,8 @@ async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes
 async def _read_single(request: Request, ctx: GatewayContext) -> _Staged:
     current = _Staged(upload_id=uuid.uuid4().hex)
     sink = _PartSink(ctx, current.upload_id, ctx.settings.max_instance_bytes)
-    sink.start()
     try:
+        sink.start()
         async for chunk in request.stream():
             if chunk:
                 await sink.feed(chunk)
@@ -300,39 +323,54 @@ async def _hand_over(
     assert structure is not None
     subject = subjects.ingest_received(structure)
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    try:
-        for item in staged:
-            if item.info is None:
-                continue
-            event = IngestReceived(
-                staging_key=staging_key(item.upload_id),
-                structure=structure,
-                sha256=item.info.sha256 or "",
-                size=item.info.size,
-                received_at=utc_now_iso(),
-                actor=actor,
-                expected_study_uid=study_uid,
-                reply_to=ctx.waiter.reply_to(item.upload_id),
-                request_id=request_id,
-            )
-            item.verdict = ctx.waiter.expect(item.upload_id)
-            await ctx.js.publish(
+    published: list[_Staged] = []
+    publishes = []
+    for item in staged:
+        if item.info is None:
+            continue
+        event = IngestReceived(
+            staging_key=staging_key(item.upload_id),
+            structure=structure,
+            sha256=item.info.sha256 or "",
+            size=item.info.size,
+            received_at=utc_now_iso(),
+            actor=actor,
+            expected_study_uid=study_uid,
+            reply_to=ctx.waiter.reply_to(item.upload_id),
+            request_id=request_id,
+        )
+        item.verdict = ctx.waiter.expect(item.upload_id)
+        published.append(item)
+        publishes.append(
+            ctx.js.publish(
                 subject,
                 encode(event),
                 stream=subjects.INGEST_STREAM,
                 headers={"Nats-Msg-Id": item.upload_id},
                 timeout=5.0,
             )
-    except Exception as exc:
+        )
+    # All parts at once: one round trip per request instead of one per part.
+    outcomes = await asyncio.gather(*publishes, return_exceptions=True)
+    failures = [
+        (i, o) for i, o in zip(published, outcomes, strict=True) if isinstance(o, Exception)
+    ]
+    if failures:
         # Nothing that reached JetStream is lost (ingest processes it); the client is told to
         # retry, and a retry of an already stored instance is a success.
         for item in staged:
             ctx.waiter.forget(item.upload_id)
-        # Parts never published are dropped; a part whose publish timed out stays in staging,
+        # A part refused outright is dropped; one whose publish timed out stays in staging,
         # since JetStream may hold it and ingest will then place it.
-        await _discard(ctx, [i for i in staged if i.verdict is None])
-        _log.warning("ingest stream unavailable", error=repr(exc))
+        refused = [i for i, o in failures if not isinstance(o, TimeoutError | NatsTimeoutError)]
+        for item in refused:
+            item.verdict = None
+        await _discard(ctx, refused)
+        _log.warning("ingest stream unavailable", error=repr(failures[0][1]))
         return problem(503, "ingest unavailable; retry later", headers={"Retry-After": "5"})
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):  # cancellation: not ours to swallow
+            raise outcome
     waiting = [i.verdict for i in staged if i.verdict is not None]
     if waiting:
         await asyncio.wait(waiting, timeout=ctx.settings.stow_result_timeout)

@@ -7,7 +7,6 @@ group `index` so N replicas share searches. Run it with `krypton run index`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -26,7 +25,8 @@ from krypton.contracts.index.v1 import LocateRequest, QidoRequest, QidoResponse
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
-from krypton.db.pool import create_pool
+from krypton.db.errors import TRANSIENT_DB_ERRORS
+from krypton.db.pool import create_pool, ping
 from krypton.index.locate import handle_locate
 from krypton.index.policy_consumer import start_policy_consumer
 from krypton.index.qido_sql import run_qido
@@ -36,14 +36,6 @@ from krypton.index.store import upsert_batch
 __all__ = ["build_app", "main"]
 
 _log = get_logger("krypton.index")
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.QueryCanceledError,
-)
 
 
 def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
@@ -65,7 +57,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         async def index_batch(events: Sequence[InstanceStored]) -> None:
             try:
                 added = await upsert_batch(pool, events)
-            except _TRANSIENT as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 raise TransientError(repr(exc)) from exc
             _log.debug("indexed", batch=len(events), added=added)
 
@@ -110,11 +102,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
 
     @broker.subscriber(subjects.SVC_INDEX_PING, queue="index")
     async def on_ping() -> bytes:
-        try:
-            await state["pool"].fetchval("select 1", timeout=2.0)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return b"down: postgres unreachable"
-        return b"ok"
+        return await ping(state["pool"])
 
     app = FastStream(broker, lifespan=lifespan)
     return app, broker

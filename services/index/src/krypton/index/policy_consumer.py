@@ -9,7 +9,6 @@ Wire it from the index app's lifespan, after the pool, migrations and stream pro
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -20,22 +19,13 @@ from krypton.bus.consumer import BatchConsumer, TransientError
 from krypton.contracts import subjects
 from krypton.contracts.authorize.v1 import PolicyEvent
 from krypton.core.logging import get_logger
+from krypton.db.errors import TRANSIENT_DB_ERRORS
 from krypton.index.access import apply_policy_events
 
 __all__ = ["DURABLE", "start_policy_consumer"]
 
 DURABLE = "index-policy"
 _log = get_logger("krypton.index.policy")
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-)
 
 
 async def start_policy_consumer(
@@ -46,7 +36,7 @@ async def start_policy_consumer(
     async def apply(events: Sequence[PolicyEvent]) -> None:
         try:
             applied = await apply_policy_events(pool, events)
-        except _TRANSIENT as exc:
+        except TRANSIENT_DB_ERRORS as exc:
             raise TransientError(repr(exc)) from exc
         _log.debug("policy applied", batch=len(events), applied=applied)
 

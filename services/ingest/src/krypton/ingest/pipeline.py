@@ -1,16 +1,34 @@
-"""The ingest pipeline for one staged upload: parse, validate, place, announce.
+"""The ingest pipeline for staged uploads: parse, validate, place, announce — a batch at a time.
 
 Crash safety: every step is idempotent and the verdict is recorded in `ingest.uploads` in the same
 transaction that claims the SOP Instance UID, so a redelivered upload (after a crash anywhere,
 before the ack) finishes the remaining steps and gets the same answer. The JetStream message is
 acked only after the object is in its canonical place and `instance.stored` is durable.
+
+Batching: `process_many` handles the uploads a consumer fetched together with one query for
+earlier verdicts, one transaction claiming every study and SOP Instance UID of the batch, one
+thread hop making the staged files durable (`FileSystemStore.sync`), one placing them all
+(`FileSystemStore.move_many`, each directory fsynced once) and the `instance.stored` publishes
+awaited together. Each upload
+still gets its own verdict: a bad one is quarantined alone, and one that meets a transient
+failure is returned as an exception (retry it) without holding back the others.
+
+Staged bytes are checked before any verdict: on the filesystem store the gateway stages without
+fsync, so a power cut can lose or tear a staged file whose `ingest.received` survived. Its size
+and SHA-256 must match the event (a mismatch is refused as a processing failure; the client was
+never answered and resends), and it is fsynced (with its directory) before the verdict is
+recorded: a redelivered upload whose verdict exists therefore always finds intact bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -31,9 +49,10 @@ from krypton.dicom.extract import Extracted, extract
 from krypton.dicom.header import Header, read_header
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
+from krypton.storage.fs import FileSystemStore
 from krypton.storage.keys import instance_key, quarantine_key
 
-__all__ = ["IngestPipeline", "Outcome"]
+__all__ = ["IngestPipeline", "Outcome", "result_payload"]
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
@@ -42,6 +61,12 @@ _log = get_logger("krypton.ingest")
 # Most headers fit in the first 2 MiB; a larger one is read again with a larger window.
 _FIRST_READ = 2 * 1024 * 1024
 _MAX_HEADER = 64 * 1024 * 1024
+# Staged files up to this size are read whole (one read, then hashed and parsed from memory).
+_WHOLE_READ = 8 * 1024 * 1024
+
+
+_T = TypeVar("_T")
+_TORN = "the staged upload is incomplete (lost in a crash before it was kept); resend it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +75,17 @@ class Outcome:
 
     result: IngestResult
     stored: InstanceStored | None = None
+
+
+@dataclass(slots=True)
+class _Claim:
+    """A parsed upload on its way through the batch transaction."""
+
+    index: int
+    event: IngestReceived
+    stored: InstanceStored
+    rejection: DicomRejection | None = None
+    duplicate: bool = False
 
 
 class IngestPipeline:
@@ -63,35 +99,99 @@ class IngestPipeline:
 
     async def process(self, event: IngestReceived) -> Outcome:
         """Handle one staged upload to completion (idempotent)."""
-        previous = await self._pool.fetchrow(
-            "select * from ingest.uploads where staging_key = $1", event.staging_key
+        (result,) = await self.process_many([event])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def process_many(self, events: Sequence[IngestReceived]) -> list[Outcome | Exception]:
+        """Handle a batch of staged uploads; per upload its outcome, or the error to retry on.
+
+        An exception in the list is not a verdict: nothing was answered for that upload and it
+        must be redelivered (its recorded steps make the retry finish the work). An exception
+        raised by this method concerns the batch as a whole (database down, a bug): retry it,
+        or each upload alone to isolate a bad one.
+        """
+        results: list[Outcome | Exception | None] = [None] * len(events)
+        previous = {
+            row["staging_key"]: row
+            for row in await self._pool.fetch(
+                "select * from ingest.uploads where staging_key = any($1::text[])",
+                [e.staging_key for e in events],
+            )
+        }
+        resumed = [i for i, e in enumerate(events) if e.staging_key in previous]
+        fresh = [i for i, e in enumerate(events) if e.staging_key not in previous]
+        examined = _settled(
+            await asyncio.gather(*(self._examine(events[i]) for i in fresh), return_exceptions=True)
         )
-        if previous is not None:
-            return await self._resume(event, previous)
-        try:
+        claims: list[_Claim] = []
+        rejects: list[tuple[int, DicomRejection, InstanceStored | None, bool]] = []
+        for i, found in zip(fresh, examined, strict=True):
+            if isinstance(found, InstanceStored):
+                claims.append(_Claim(index=i, event=events[i], stored=found))
+            elif isinstance(found, ObjectNotFound):
+                # Only possible if staging was removed by hand: nothing to ingest, say so once.
+                missing = DicomRejection(
+                    FailureReasonValues.PROCESSING_FAILURE, "staged object is missing"
+                )
+                rejects.append((i, missing, None, False))
+            elif isinstance(found, DicomRejection):
+                rejects.append((i, found, None, True))
+            else:
+                results[i] = found
+        if claims and isinstance(self._store, FileSystemStore):
+            # The gateway staged without fsync: the bytes just checked become durable before
+            # any verdict is recorded, so a recorded verdict never points at a torn file.
+            synced = await self._store.sync([c.event.staging_key for c in claims])
+            for c, error in zip(claims, synced, strict=True):
+                if error is not None:
+                    results[c.index] = error
+            claims = [c for c, error in zip(claims, synced, strict=True) if error is None]
+        if claims:
+            await self._claim(claims)
+        accepted = [c for c in claims if c.rejection is None]
+        for c in claims:
+            if c.rejection is not None:
+                rejects.append((c.index, c.rejection, c.stored, True))
+        placed = await self._place_all(
+            [(c.event.staging_key, c.stored.object_key, c.duplicate) for c in accepted]
+        )
+        announce = [c for c, error in zip(accepted, placed, strict=True) if error is None]
+        for c, error in zip(accepted, placed, strict=True):
+            if error is not None:
+                results[c.index] = error
+        announced = _settled(
+            await asyncio.gather(
+                *(self._announce(c.stored) for c in announce), return_exceptions=True
+            )
+        )
+        for c, error in zip(announce, announced, strict=True):
+            results[c.index] = error or Outcome(result=self._ok(c.event, c.stored), stored=c.stored)
+        side = _settled(
+            await asyncio.gather(
+                *(self._reject(events[i], r, st, keep_object=keep) for i, r, st, keep in rejects),
+                *(self._resume(events[i], previous[events[i].staging_key]) for i in resumed),
+                return_exceptions=True,
+            )
+        )
+        for i, outcome in zip([r[0] for r in rejects] + resumed, side, strict=True):
+            results[i] = outcome
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    async def _examine(self, event: IngestReceived) -> InstanceStored:
+        """Check the staged bytes, parse the header and extract what the platform keeps."""
+        path = self._store.local_path(event.staging_key)
+        data = None if path is None else await asyncio.to_thread(_read_local, path, event)
+        if data is not None:
+            header = read_header(data, max_header_bytes=_MAX_HEADER)
+        else:
             header = await self._read_header(event)
-            extracted = extract(
-                header, event.structure, expected_study_uid=event.expected_study_uid
-            )
-        except ObjectNotFound:
-            # Only possible if staging was removed by hand: nothing to ingest, say so once.
-            missing = DicomRejection(
-                FailureReasonValues.PROCESSING_FAILURE, "staged object is missing"
-            )
-            return await self._reject(event, missing, None, keep_object=False)
-        except DicomRejection as rejection:
-            return await self._reject(event, rejection, None)
-        stored = self._stored_event(event, header, extracted)
-        return await self._claim_and_place(event, stored)
+        extracted = extract(header, event.structure, expected_study_uid=event.expected_study_uid)
+        return self._stored_event(event, header, extracted)
 
     async def _read_header(self, event: IngestReceived) -> Header:
-        path = self._store.local_path(event.staging_key)
-        if path is not None:
-            try:
-                with path.open("rb") as fp:
-                    return read_header(fp, max_header_bytes=_MAX_HEADER)
-            except FileNotFoundError as exc:
-                raise ObjectNotFound(event.staging_key) from exc
         window = min(event.size, _FIRST_READ)
         while True:
             data = await self._store.read(event.staging_key, 0, window)
@@ -120,81 +220,141 @@ class IngestPipeline:
             request_id=event.request_id,
         )
 
-    async def _claim_and_place(self, event: IngestReceived, stored: InstanceStored) -> Outcome:
-        sop = stored.instance.sop_instance_uid
-        rejection: DicomRejection | None = None
-        duplicate = False
+    async def _claim(self, claims: list[_Claim]) -> None:
+        """Claim every study and SOP Instance UID of the batch and record the verdicts, at once.
+
+        Sets `rejection` or `duplicate` on each claim. Within the batch the first upload of a
+        study or SOP instance claims it and the next ones are judged against it, as if they
+        had come one after the other.
+        """
+        studies: dict[str, _Claim] = {}
+        for c in claims:
+            studies.setdefault(c.stored.study.study_uid, c)
         async with self._pool.acquire() as conn, conn.transaction():
-            owner = await conn.fetchrow(
+            await conn.execute(
                 """insert into ingest.studies (study_uid, structure, patient_key)
-                   values ($1, $2, $3)
-                   on conflict (study_uid) do update set study_uid = excluded.study_uid
-                   returning structure, patient_key""",
-                stored.study.study_uid,
-                stored.structure,
-                stored.patient.key,
+                   select * from unnest($1::text[], $2::text[], $3::text[])
+                   on conflict (study_uid) do nothing""",
+                list(studies),
+                [c.stored.structure for c in studies.values()],
+                [c.stored.patient.key for c in studies.values()],
             )
-            assert owner is not None
-            if owner["structure"] != stored.structure:
-                rejection = DicomRejection(
-                    FailureReasonValues.PROCESSING_FAILURE,
-                    "this study was produced by another structure; it cannot be extended",
+            owners = {
+                row["study_uid"]: row
+                for row in await conn.fetch(
+                    """select study_uid, structure, patient_key from ingest.studies
+                       where study_uid = any($1::text[])""",
+                    list(studies),
                 )
-            elif owner["patient_key"] != stored.patient.key:
-                rejection = DicomRejection(
-                    FailureReasonValues.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                    "the patient identity differs from that of the study's other instances",
-                )
-            else:
-                existing = await conn.fetchrow(
+            }
+            candidates: list[_Claim] = []
+            for c in claims:
+                owner = owners[c.stored.study.study_uid]
+                if owner["structure"] != c.stored.structure:
+                    c.rejection = DicomRejection(
+                        FailureReasonValues.PROCESSING_FAILURE,
+                        "this study was produced by another structure; it cannot be extended",
+                    )
+                elif owner["patient_key"] != c.stored.patient.key:
+                    c.rejection = DicomRejection(
+                        FailureReasonValues.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                        "the patient identity differs from that of the study's other instances",
+                    )
+                else:
+                    candidates.append(c)
+            first: dict[str, _Claim] = {}
+            for c in candidates:
+                first.setdefault(c.stored.instance.sop_instance_uid, c)
+            new = list(first.values())
+            inserted = {
+                row["sop_instance_uid"]
+                for row in await conn.fetch(
                     """insert into ingest.objects
                          (sop_instance_uid, sha256, object_key, structure, study_uid, size, event)
-                       values ($1, $2, $3, $4, $5, $6, $7)
+                       select * from unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                            $5::text[], $6::bigint[], $7::bytea[])
                        on conflict (sop_instance_uid) do nothing
                        returning sop_instance_uid""",
-                    sop,
-                    stored.sha256,
-                    stored.object_key,
-                    stored.structure,
-                    stored.study.study_uid,
-                    stored.size,
-                    encode(stored),
+                    [c.stored.instance.sop_instance_uid for c in new],
+                    [c.stored.sha256 for c in new],
+                    [c.stored.object_key for c in new],
+                    [c.stored.structure for c in new],
+                    [c.stored.study.study_uid for c in new],
+                    [c.stored.size for c in new],
+                    [encode(c.stored) for c in new],
                 )
-                if existing is None:
-                    known = await conn.fetchrow(
-                        "select sha256, event from ingest.objects where sop_instance_uid = $1", sop
+            }
+            known_of = [
+                c
+                for c in candidates
+                if first[c.stored.instance.sop_instance_uid] is not c
+                or c.stored.instance.sop_instance_uid not in inserted
+            ]
+            if known_of:
+                known = {
+                    row["sop_instance_uid"]: row
+                    for row in await conn.fetch(
+                        """select sop_instance_uid, sha256, event from ingest.objects
+                           where sop_instance_uid = any($1::text[])""",
+                        list({c.stored.instance.sop_instance_uid for c in known_of}),
                     )
-                    assert known is not None
-                    if known["sha256"] != stored.sha256:
-                        rejection = DicomRejection(
+                }
+                for c in known_of:
+                    row = known[c.stored.instance.sop_instance_uid]
+                    if row["sha256"] != c.stored.sha256:
+                        c.rejection = DicomRejection(
                             FailureReasonValues.DUPLICATE_SOP_INSTANCE,
                             "another object is already stored under this SOP Instance UID",
                         )
                     else:
-                        duplicate = True
-                        stored = decode(known["event"], InstanceStored)
-                if rejection is None:
-                    await self._record(conn, event, stored, "duplicate" if duplicate else "stored")
-        if rejection is not None:
-            return await self._reject(event, rejection, stored)
-        await self._place(event.staging_key, stored.object_key)
-        await self._announce(stored)
-        return Outcome(result=self._ok(event, stored), stored=stored)
+                        c.duplicate = True
+                        c.stored = decode(row["event"], InstanceStored)
+            accepted = [c for c in candidates if c.rejection is None]
+            if accepted:
+                # No `on conflict`: an upload recorded meanwhile by another replica aborts the
+                # batch, whose uploads are then retried one by one and resume that verdict.
+                await conn.execute(
+                    """insert into ingest.uploads (staging_key, outcome, sop_instance_uid,
+                                                    sop_class_uid, study_uid, series_uid)
+                       select * from unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                            $5::text[], $6::text[])""",
+                    [c.event.staging_key for c in accepted],
+                    ["duplicate" if c.duplicate else "stored" for c in accepted],
+                    [c.stored.instance.sop_instance_uid for c in accepted],
+                    [c.stored.instance.sop_class_uid for c in accepted],
+                    [c.stored.study.study_uid for c in accepted],
+                    [c.stored.series.series_uid for c in accepted],
+                )
 
-    @staticmethod
-    async def _record(
-        conn: Connection, event: IngestReceived, stored: InstanceStored, outcome: str
-    ) -> None:
-        await conn.execute(
-            """insert into ingest.uploads (staging_key, outcome, sop_instance_uid, sop_class_uid,
-                                            study_uid, series_uid)
-               values ($1, $2, $3, $4, $5, $6)""",
-            event.staging_key,
-            outcome,
-            stored.instance.sop_instance_uid,
-            stored.instance.sop_class_uid,
-            stored.study.study_uid,
-            stored.series.series_uid,
+    async def _place_all(self, moves: Sequence[tuple[str, str, bool]]) -> list[Exception | None]:
+        """Put staged bytes at their canonical keys; `(staging, canonical, duplicate)` each.
+
+        A duplicate's canonical copy exists already: its staged copy is dropped instead.
+        """
+        if not moves:
+            return []
+        if isinstance(self._store, FileSystemStore):
+            store = self._store
+            results: list[Exception | None] = [None] * len(moves)
+            todo = [(i, m) for i, m in enumerate(moves) if not m[2]]
+            # Data already synced before the verdict (`process_many`); the renames are made
+            # durable here, each directory once.
+            done = await store.move_many([(src, dst) for _, (src, dst, _) in todo])
+            for (i, _), error in zip(todo, done, strict=True):
+                results[i] = error
+            dropped = _settled(
+                await asyncio.gather(
+                    *(store.delete(src) for src, _, duplicate in moves if duplicate),
+                    return_exceptions=True,
+                )
+            )
+            for i, outcome in zip([i for i, m in enumerate(moves) if m[2]], dropped, strict=True):
+                results[i] = outcome
+            return results
+        return _settled(
+            await asyncio.gather(
+                *(self._place(src, dst) for src, dst, _ in moves), return_exceptions=True
+            )
         )
 
     async def _place(self, staging_key: str, canonical_key: str) -> None:
@@ -315,7 +475,10 @@ class IngestPipeline:
         )
         stored = decode(data, InstanceStored)
         if await self._store.exists(event.staging_key):
-            await self._place(event.staging_key, stored.object_key)
+            duplicate = row["outcome"] == "duplicate"
+            (error,) = await self._place_all([(event.staging_key, stored.object_key, duplicate)])
+            if error is not None:
+                raise error
         await self._announce(stored)
         return Outcome(result=self._ok(event, stored), stored=stored)
 
@@ -329,6 +492,42 @@ class IngestPipeline:
             study_uid=stored.study.study_uid,
             series_uid=stored.series.series_uid,
         )
+
+
+def _settled(outcomes: Sequence[_T | BaseException]) -> list[_T | Exception]:
+    """The results of `gather(..., return_exceptions=True)`; cancellation is re-raised."""
+    out: list[_T | Exception] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+        out.append(outcome)
+    return out
+
+
+def _read_local(path: os.PathLike[str], event: IngestReceived) -> bytes | None:
+    """Check a staged file against its event (in a worker thread); its bytes if small.
+
+    Returns the whole file when it is at most `_WHOLE_READ` bytes (the header is then parsed
+    from memory, in the loop: parsing from the file would release and retake the GIL on every
+    small read), else None after hashing it block by block.
+    """
+    try:
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            if size != event.size:
+                raise DicomRejection(FailureReasonValues.PROCESSING_FAILURE, _TORN)
+            data = fp.read() if size <= _WHOLE_READ else None
+            # hashlib hashes large buffers without holding the GIL.
+            digest = (
+                hashlib.sha256(data).hexdigest()
+                if data is not None
+                else hashlib.file_digest(fp, "sha256").hexdigest()
+            )
+    except FileNotFoundError as exc:
+        raise ObjectNotFound(event.staging_key) from exc
+    if digest != event.sha256:
+        raise DicomRejection(FailureReasonValues.PROCESSING_FAILURE, _TORN)
+    return data
 
 
 def result_payload(result: IngestResult) -> bytes:

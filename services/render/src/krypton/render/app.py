@@ -11,7 +11,6 @@ thumbnail and HTJ2K lossless copy (`RenderSettings` policy); replicas share its 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -22,16 +21,16 @@ from krypton.bus import streams
 from krypton.bus.codec import encode
 from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer
+from krypton.bus.service import run_service
 from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.contracts.render.v1 import RenderRequest
 from krypton.contracts.transcode.v1 import TranscodeRequest
-from krypton.core.logging import configure_logging, get_logger
+from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.render.settings import RenderSettings
 from krypton.render.worker import Worker
 from krypton.storage.factory import open_store
-from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["build_app", "main"]
 
@@ -104,12 +103,8 @@ def build_app(
 
 
 def main() -> None:
-    """Entry point: ``python -m krypton.render``."""
-    settings = KryptonSettings()
-    configure_logging("render", settings.log_level, settings.log_json)
-    setup_telemetry("render")
-    app, _ = build_app(settings)
-    asyncio.run(app.run())
+    """Entry point: `python -m krypton.render`."""
+    run_service("render", build_app)
 
 
 if __name__ == "__main__":
