@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-import asyncpg
 import msgspec
 import nats.errors
 from nats.aio.client import Client
@@ -28,6 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import IngestReceived
 from krypton.core.logging import get_logger
+from krypton.db.errors import TRANSIENT_DB_ERRORS
 from krypton.ingest.pipeline import IngestPipeline, Outcome, result_payload
 from krypton.storage.errors import StorageUnavailable
 
@@ -37,17 +37,7 @@ DURABLE = "ingest"
 _log = get_logger("krypton.ingest")
 
 # Failures that a later attempt may not meet: retried after a short pause.
-_TRANSIENT = (
-    OSError,
-    TimeoutError,
-    nats.errors.Error,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.CannotConnectNowError,
-    StorageUnavailable,
-)
+_TRANSIENT = (*TRANSIENT_DB_ERRORS, nats.errors.Error, StorageUnavailable)
 _TRANSIENT_DELAY = 2.0
 # A bug, not bad input (bad input is quarantined): retried slowly and kept visible; after
 # `max_deliver` attempts JetStream stops redelivering and the upload waits in the stream for an
