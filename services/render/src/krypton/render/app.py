@@ -11,6 +11,7 @@ thumbnail and HTJ2K lossless copy (`RenderSettings` policy); replicas share its 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -104,6 +105,10 @@ def build_app(
 
 def main() -> None:
     """Entry point: `python -m krypton.render`."""
+    # pydicom logs every failed decoder plugin at ERROR with a traceback before it raises; the
+    # worker already turns that failure into one clear line (e.g. "no HTJ2K copy", a 422), so
+    # the duplicate tracebacks of corrupt test files only drown the log.
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
     run_service("render", build_app)
 
 
