@@ -172,15 +172,17 @@ async def test_frames_come_uncompressed_or_as_stored(
             ds = pydicom.dcmread(item.path)
         frames = int(ds.get("NumberOfFrames") or 1)
         last = frames
-        response = await http.get(f"{platform.url}/{item.url}/frames/1,{last}", headers=octet)
+        # The frame list holds non-duplicate frame numbers (PS3.18): "1" alone for one frame.
+        wanted = f"1,{last}" if last > 1 else "1"
+        response = await http.get(f"{platform.url}/{item.url}/frames/{wanted}", headers=octet)
         assert response.status_code == 200, (item.path.name, response.text)
         parts = parse_multipart(response)
-        assert len(parts) == 2
+        assert len(parts) == (2 if last > 1 else 1)
         assert parts[0][0].startswith("application/octet-stream")
         if ds.BitsAllocated == 1 or item.syntax in LOSSY:
             continue
         expected = reference if frames > 1 else reference[np.newaxis]
-        for (_, body), index in zip(parts, (0, last - 1), strict=True):
+        for (_, body), index in zip(parts, (0, last - 1)[: len(parts)], strict=True):
             frame = np.frombuffer(body, dtype=expected.dtype.newbyteorder("<"))
             np.testing.assert_array_equal(
                 frame[: expected[index].size].reshape(expected[index].shape),

@@ -228,6 +228,12 @@ def parse_qido(
             if keyword not in allowed:
                 msg = f"{keyword} is not a matching key for a {qido_level.value} search"
                 raise ValidationError(msg, field=name)
+            if "\x00" in value:
+                # PostgreSQL text cannot hold NUL: the index's query would fail and the caller
+                # wait for a reply that never comes (issue 9, hostile input). No DICOM value
+                # contains NUL, so it is a malformed request.
+                msg = f"the value of {keyword} contains a NUL character"
+                raise ValidationError(msg, field=name)
             if keyword in raw and allowed[keyword] != "UI":
                 msg = f"{keyword} is given more than once"
                 raise ValidationError(msg, field=name)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import nats.errors
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -85,6 +86,14 @@ def create_app(settings: KryptonSettings) -> FastAPI:
         openapi_url="/api/openapi.json" if public_docs else None,
         redoc_url=None,
     )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> Response:
+        # Routing errors (an unknown path, e.g. an identifier with an encoded "/" that no
+        # longer matches a route; a wrong method) answer problem+json like every other error
+        # (issue 9, hostile input), not the framework's bare JSON.
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, str(exc.detail), headers=headers)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -73,6 +73,7 @@ _UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DICOM: Final = "application/dicom"
 _DICOM_JSON: Final = "application/dicom+json"
 _PREFETCH: Final = 4
+_MAX_FRAMES_PER_REQUEST: Final = 4096
 _IMMUTABLE: Final = "private, max-age=86400"
 _Produce = Callable[[LocatedInstance], Coroutine[Any, Any, tuple[str, str]]]
 
@@ -281,6 +282,11 @@ def _parse_frames(frames: str) -> list[int]:
         raise WadoError(400, "frame list must be comma-separated frame numbers") from None
     if not numbers or any(n < 1 for n in numbers):
         raise WadoError(400, "frame numbers start at 1")
+    # A short request must not ask for the same frame a thousand times (response amplification).
+    if len(set(numbers)) != len(numbers):
+        raise WadoError(400, "a frame number appears more than once in the frame list")
+    if len(numbers) > _MAX_FRAMES_PER_REQUEST:
+        raise WadoError(400, f"at most {_MAX_FRAMES_PER_REQUEST} frames per request")
     return numbers
 
 
