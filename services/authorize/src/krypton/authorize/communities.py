@@ -31,6 +31,7 @@ from krypton.authorize.errors import PolicyError
 from krypton.authorize.policy import (
     Conn,
     Policy,
+    _close_once,
     _directory_event,
     _one,
     _require,
@@ -290,14 +291,9 @@ async def end_share(
             or (row["structure"] is not None and row["structure"] == actor.structure)
         ):
             raise PolicyError(404, "no such share")
-        if row["ended_at"] is None:
-            row = await _one(
-                conn,
-                "UPDATE authz.community_shares SET ended_at = $2, ended_by = $3"
-                " WHERE id = $1 RETURNING *",
-                row["id"], now, actor.sub,
-            )  # fmt: skip
-            ended = row
+        ended = await _close_once(conn, "community_shares", "ended", row, now, actor.sub)
+        if ended is not None:
+            row = ended
             await outbox.append(conn, lambda v: _grant(ended, v))
             await trail.record(conn, _share_audit(actor, ended, "ended"))
     return _share(row, now)

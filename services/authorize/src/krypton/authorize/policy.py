@@ -194,6 +194,23 @@ async def _one(conn: Conn, sql: str, *args: object) -> asyncpg.Record:
     return row
 
 
+async def _close_once(
+    conn: Conn, table: str, closing: str, row: asyncpg.Record, now: datetime, by: str
+) -> asyncpg.Record | None:
+    """Set ``<closing>_at``/``<closing>_by`` on a locked row not closed yet.
+
+    Returns the updated row, or None when it was closed already (ending twice is a no-op that
+    publishes nothing). `table` and `closing` are constants of the callers, never input.
+    """
+    if row[f"{closing}_at"] is not None:
+        return None
+    return await _one(
+        conn,
+        f"UPDATE authz.{table} SET {closing}_at = $2, {closing}_by = $3 WHERE id = $1 RETURNING *",
+        row["id"], now, by,
+    )  # fmt: skip
+
+
 async def _lock_patient(conn: Conn, key: str) -> None:
     """Serialise changes of one patient's opposition and break-the-glass sessions."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('authz.patient:' || $1))", key)
@@ -386,14 +403,9 @@ class Policy:
             )
             if row is None or not _may_manage_care(actor, row):
                 raise PolicyError(404, "no such care relationship")
-            if row["ended_at"] is None:
-                row = await _one(
-                    conn,
-                    "UPDATE authz.care_relationships SET ended_at = $2, ended_by = $3"
-                    " WHERE id = $1 RETURNING *",
-                    row["id"], now, actor.sub,
-                )  # fmt: skip
-                ended = row
+            ended = await _close_once(conn, "care_relationships", "ended", row, now, actor.sub)
+            if ended is not None:
+                row = ended
                 await outbox.append(conn, lambda v: _care_grant(ended, v, active=False))
                 await trail.record(conn, _care_audit(actor, ended, "ended"))
         return _care(row, now)
@@ -472,14 +484,9 @@ class Policy:
             )
             if row is None or not _may_manage_code(actor, row):
                 raise PolicyError(404, "no such share code")
-            if row["revoked_at"] is None:
-                row = await _one(
-                    conn,
-                    "UPDATE authz.share_codes SET revoked_at = $2, revoked_by = $3"
-                    " WHERE id = $1 RETURNING *",
-                    row["id"], now, actor.sub,
-                )  # fmt: skip
-                revoked = row
+            revoked = await _close_once(conn, "share_codes", "revoked", row, now, actor.sub)
+            if revoked is not None:
+                row = revoked
                 await outbox.append(
                     conn,
                     lambda v: _code_event(revoked, v, ShareCodeEventValues.REVOKED, actor.sub, now),
