@@ -110,6 +110,21 @@ class StudyRef:
     modalities: tuple[str, ...]
     series_uid: str  # its first series
 
+    @classmethod
+    def of(cls, study: SyntheticStudy) -> StudyRef:
+        """The reference of a generated study."""
+        return cls(
+            study_uid=study.study_uid,
+            structure=study.structure.finess,
+            patient_id=study.patient_id,
+            accession=study.accession_number,
+            family=study.patient.family_name,
+            given=study.patient.given_name,
+            study_date=study.study_date,
+            modalities=study.modalities,
+            series_uid=study.series[0].series_uid,
+        )
+
 
 def _sop_uid(series_uid: str, number: int) -> str:
     # Deterministic, valid (2.25 + decimal of 128 bits), and fast: one sha256, no pydicom.
@@ -197,19 +212,7 @@ def make_batch(
     refs: list[StudyRef] = []
     for study in population.iter_studies(count, start=start):
         events.extend(study_events(study, per_series, stored_at))
-        refs.append(
-            StudyRef(
-                study_uid=study.study_uid,
-                structure=study.structure.finess,
-                patient_id=study.patient_id,
-                accession=study.accession_number,
-                family=study.patient.family_name,
-                given=study.patient.given_name,
-                study_date=study.study_date,
-                modalities=study.modalities,
-                series_uid=study.series[0].series_uid,
-            )
-        )
+        refs.append(StudyRef.of(study))
     return events, refs
 
 
@@ -577,19 +580,7 @@ async def run_orthanc(args: argparse.Namespace, population: Population) -> dict[
                             },
                         )
                     response.raise_for_status()
-                    refs.append(
-                        StudyRef(
-                            study_uid=study.study_uid,
-                            structure=study.structure.finess,
-                            patient_id=study.patient_id,
-                            accession=study.accession_number,
-                            family=study.patient.family_name,
-                            given=study.patient.given_name,
-                            study_date=study.study_date,
-                            modalities=study.modalities,
-                            series_uid=study.series[0].series_uid,
-                        )
-                    )
+                    refs.append(StudyRef.of(study))
 
                 for start in range(0, n, 500):
                     await asyncio.gather(*(store(i) for i in range(start, min(start + 500, n))))
