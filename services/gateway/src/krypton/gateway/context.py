@@ -66,4 +66,3 @@ class GatewayContext:
     store: ObjectStore
     verifier: TokenVerifier
     waiter: VerdictWaiter
-    pg_ping: object | None = None

@@ -97,13 +97,6 @@ class IngestPipeline:
         self._store = store
         self._js = js
 
-    async def process(self, event: IngestReceived) -> Outcome:
-        """Handle one staged upload to completion (idempotent)."""
-        (result,) = await self.process_many([event])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     async def process_many(self, events: Sequence[IngestReceived]) -> list[Outcome | Exception]:
         """Handle a batch of staged uploads; per upload its outcome, or the error to retry on.
 
