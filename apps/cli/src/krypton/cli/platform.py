@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -36,6 +37,9 @@ class PlatformConfig:
     replicas: dict[str, int] = field(default_factory=dict)
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Prometheus endpoints: "off" (tests), "default" (each service's documented port, `krypton
+    # up`), "free" (any free port per process, listed in `Platform.metrics_ports`).
+    metrics: Literal["off", "default", "free"] = "off"
 
 
 class Platform:
@@ -51,6 +55,7 @@ class Platform:
         self.supervisor = Supervisor(colour=colour)
         self.nats: NatsServer | None = None
         self.pg_dsn: str | None = None
+        self.metrics_ports: dict[str, int] = {}
 
     @property
     def base_url(self) -> str:
@@ -84,6 +89,9 @@ class Platform:
             # Children write to a pipe; a person at a terminal still wants readable lines.
             "KRYPTON_LOG_JSON": "false" if sys.stdout.isatty() else "true",
         }
+        if self.config.metrics == "off":
+            env["KRYPTON_METRICS_PORT"] = "0"
+        # OTEL_* (tracing) reach the children from this process's environment or `extra_env`.
         env.update(self.config.extra_env)
         return env
 
@@ -118,7 +126,11 @@ class Platform:
         for name in SERVICES:
             for replica in range(self.config.replicas.get(name, 1)):
                 label = name if replica == 0 else f"{name}-{replica + 1}"
-                self.supervisor.add(label, [python, "-m", f"krypton.{name}"], env)
+                child_env = env
+                if self.config.metrics == "free":
+                    self.metrics_ports[label] = free_port()
+                    child_env = {**env, "KRYPTON_METRICS_PORT": str(self.metrics_ports[label])}
+                self.supervisor.add(label, [python, "-m", f"krypton.{name}"], child_env)
         await self.supervisor.start()
         await self.wait_ready(timeout)
 

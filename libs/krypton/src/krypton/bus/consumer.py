@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -21,7 +22,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from krypton.bus.tracing import consumer_span
 from krypton.core.logging import get_logger
+from krypton.telemetry.metrics import MESSAGE_BATCH_DURATION, MESSAGES, LagPoller
 
 __all__ = ["BatchConsumer", "TransientError"]
 
@@ -49,6 +52,7 @@ class BatchConsumer(Generic[T]):
     max_attempts: int = 10  # deliveries before a message that always fails is terminated
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _lag: LagPoller | None = None
 
     async def start(self) -> None:
         """Bind (creating the durable consumer if needed) and start consuming in the background."""
@@ -64,10 +68,14 @@ class BatchConsumer(Generic[T]):
             self.subject, durable=self.durable, stream=self.stream, config=config
         )
         self._task = asyncio.create_task(self._run(sub))
+        self._lag = LagPoller(self.js, [(self.stream, self.durable)])
+        self._lag.start()
 
     async def stop(self) -> None:
         """Finish the batch in hand, then stop."""
         self._stopping = True
+        if self._lag is not None:
+            await self._lag.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,7 +93,15 @@ class BatchConsumer(Generic[T]):
                 _log.warning("fetch failed; retrying", durable=self.durable, error=repr(exc))
                 await asyncio.sleep(self.retry_delay)
                 continue
-            await asyncio.shield(self._handle(msgs, decoder))
+            await asyncio.shield(self._handle_traced(msgs, decoder))
+
+    async def _handle_traced(self, msgs: list[Msg], decoder: msgspec.json.Decoder[T]) -> None:
+        started = time.perf_counter()
+        with consumer_span(
+            f"{self.durable} process", msgs, **{"messaging.consumer.group.name": self.durable}
+        ):
+            await self._handle(msgs, decoder)
+        MESSAGE_BATCH_DURATION.labels(self.durable).observe(time.perf_counter() - started)
 
     async def _handle(self, msgs: list[Msg], decoder: msgspec.json.Decoder[T]) -> None:
         good: list[tuple[Msg, T]] = []
@@ -96,6 +112,7 @@ class BatchConsumer(Generic[T]):
                 # A message that can never be decoded must not block the stream: terminate it.
                 _log.error("undecodable message dropped", subject=msg.subject, error=str(exc))
                 await msg.term()
+                MESSAGES.labels(self.durable, "term").inc()
         if not good:
             return
         if len(good) == 1:
@@ -107,6 +124,7 @@ class BatchConsumer(Generic[T]):
             _log.warning("batch failed; retrying later", durable=self.durable, error=repr(exc))
             for msg, _ in good:
                 await msg.nak(delay=self.retry_delay)
+            MESSAGES.labels(self.durable, "nak").inc(len(good))
             return
         except Exception:
             # Not transient: one bad message must not block the others. Handle them one by one;
@@ -117,12 +135,14 @@ class BatchConsumer(Generic[T]):
             return
         for msg, _ in good:
             await msg.ack()
+        MESSAGES.labels(self.durable, "ack").inc(len(good))
 
     async def _handle_one(self, msg: Msg, event: T) -> None:
         try:
             await self.handler([event])
         except TransientError:
             await msg.nak(delay=self.retry_delay)
+            MESSAGES.labels(self.durable, "nak").inc()
         except Exception:
             attempts = msg.metadata.num_delivered or 1
             if attempts >= self.max_attempts:
@@ -134,8 +154,11 @@ class BatchConsumer(Generic[T]):
                     attempts=attempts,
                 )
                 await msg.term()
+                MESSAGES.labels(self.durable, "term").inc()
             else:
                 _log.exception("message failed", durable=self.durable, attempts=attempts)
                 await msg.nak(delay=self.retry_delay * attempts)
+                MESSAGES.labels(self.durable, "nak").inc()
         else:
             await msg.ack()
+            MESSAGES.labels(self.durable, "ack").inc()

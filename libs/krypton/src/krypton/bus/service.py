@@ -11,7 +11,7 @@ from faststream import FastStream
 from krypton.core.gc_tuning import tune_gc
 from krypton.core.logging import configure_logging
 from krypton.core.settings import KryptonSettings
-from krypton.telemetry.setup import setup_telemetry
+from krypton.telemetry.setup import setup_observability
 
 __all__ = ["run_service"]
 
@@ -20,7 +20,7 @@ def run_service(name: str, build_app: Callable[[KryptonSettings], tuple[FastStre
     """Configure the process for service `name` and run its app until SIGTERM/SIGINT."""
     settings = KryptonSettings()
     configure_logging(name, settings.log_level, settings.log_json)
-    setup_telemetry(name)
+    setup_observability(name, settings)
     app, _ = build_app(settings)
     tune_gc()
     asyncio.run(app.run())

@@ -71,6 +71,11 @@ class KryptonSettings(BaseSettings):
     max_request_bytes: int = 16 * 1024**3
     index_batch_size: int = 256
     ingest_concurrency: int = 16
+    # Port of this process's Prometheus `/metrics` endpoint: unset = the service's default
+    # (`krypton.telemetry.metrics.DEFAULT_PORTS`), 0 = off.
+    metrics_port: int | None = None
+    # Containers set 0.0.0.0 so Prometheus can reach it; a laptop keeps it local.
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> KryptonSettings:

@@ -1,12 +1,14 @@
 """asyncpg connection pools with the settings every Krypton service wants.
 
-JIT is off because QIDO and ingest statements are short OLTP statements where LLVM compilation
+Every connection is a `TracedConnection`: statements made inside a trace get a span. JIT is off because QIDO and ingest statements are short OLTP statements where LLVM compilation
 costs more than it saves; a statement timeout bounds any query a caller can shape.
 """
 
 from __future__ import annotations
 
 import asyncpg
+
+from krypton.db.tracing import TracedConnection
 
 __all__ = ["create_pool", "ping"]
 
@@ -36,7 +38,11 @@ async def create_pool(
     if statement_timeout:
         settings["statement_timeout"] = str(int(statement_timeout * 1000))
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, server_settings=settings
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings=settings,
+        connection_class=TracedConnection,
     )
 
 

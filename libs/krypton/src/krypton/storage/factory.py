@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from krypton.core.settings import StorageSettings
 from krypton.storage.base import ObjectStore
-from krypton.storage.fs import FileSystemStore
 from krypton.storage.s3 import S3Store
+from krypton.storage.traced import TracedFileSystemStore, TracedS3Store
 
 __all__ = ["make_store", "open_store"]
 
@@ -13,13 +13,15 @@ __all__ = ["make_store", "open_store"]
 def make_store(settings: StorageSettings) -> ObjectStore:
     """Return the configured store without touching the network.
 
+    The store opens a span per operation made inside a trace (`krypton.storage.traced`).
+
     Args:
         settings: `backend="fs"` stores under `settings.root`; `backend="s3"` in
             `settings.s3.bucket`.
     """
     if settings.backend == "s3":
-        return S3Store(settings.s3)
-    return FileSystemStore(settings.root)
+        return TracedS3Store(settings.s3)
+    return TracedFileSystemStore(settings.root)
 
 
 async def open_store(settings: StorageSettings) -> ObjectStore:

@@ -38,6 +38,8 @@ from krypton.contracts.authorize.v1 import (
 from krypton.core.logging import configure_logging, get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.db.pool import create_pool
+from krypton.telemetry.metrics import register_cache
+from krypton.telemetry.setup import setup_observability
 
 __all__ = ["AuthorizeService", "main"]
 
@@ -75,6 +77,7 @@ class AuthorizeService:
         await streams.provision(js, (streams.POLICY, streams.AUDIT))
         policy = Policy(pool, authz)
         cache = DecisionCache(ttl=authz.decision_cache_seconds)
+        register_cache("authorize_decision", lambda: (cache.hits, cache.misses))
 
         def forget(subject: str, payload: bytes) -> None:
             if subject.startswith(subjects.POLICY_CHANGED):
@@ -199,6 +202,7 @@ def main() -> None:
     """Entry point: `python -m krypton.authorize`."""
     settings = KryptonSettings()
     configure_logging("authorize", settings.log_level, settings.log_json)
+    setup_observability("authorize", settings)
     asyncio.run(run(settings))
 
 

@@ -33,6 +33,7 @@ from krypton.gateway.qido import search
 from krypton.gateway.security import context_of, guarded
 from krypton.gateway.stow import store_instances
 from krypton.storage.factory import open_store
+from krypton.telemetry.asgi import instrument_asgi
 
 __all__ = ["create_app"]
 
@@ -165,4 +166,6 @@ def create_app(settings: KryptonSettings) -> FastAPI:
     # Feature routers: retrieval (WADO-RS), access policy APIs, audit APIs.
     for module in (routes_wado, routes_policy, routes_audit):
         app.include_router(module.router)
+    # Server spans and HTTP metrics; /metrics is served on KRYPTON_METRICS_PORT, not here.
+    instrument_asgi(app, "gateway")
     return app

@@ -8,7 +8,7 @@ from krypton.core.gc_tuning import tune_gc
 from krypton.core.logging import configure_logging
 from krypton.core.settings import KryptonSettings
 from krypton.gateway.app import create_app
-from krypton.telemetry.setup import setup_telemetry
+from krypton.telemetry.setup import setup_observability
 
 __all__ = ["main"]
 
@@ -17,7 +17,7 @@ def main() -> None:
     """Serve on KRYPTON_HTTP_HOST:KRYPTON_HTTP_PORT."""
     settings = KryptonSettings()
     configure_logging("gateway", settings.log_level, settings.log_json)
-    setup_telemetry("gateway")
+    setup_observability("gateway", settings)
     app = create_app(settings)
     tune_gc()
     uvicorn.run(

@@ -24,12 +24,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from krypton.bus.tracing import consumer_span
 from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import IngestReceived
 from krypton.core.logging import get_logger
 from krypton.db.errors import TRANSIENT_DB_ERRORS
 from krypton.ingest.pipeline import IngestPipeline, Outcome, result_payload
 from krypton.storage.errors import StorageUnavailable
+from krypton.telemetry.metrics import INGEST_INSTANCES, MESSAGES, LagPoller
 
 __all__ = ["DURABLE", "UploadConsumer"]
 
@@ -59,6 +61,7 @@ class UploadConsumer:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subs: list[JetStreamContext.PullSubscription] = field(default_factory=list)
     _stopping: bool = False
+    _lag: LagPoller | None = None
 
     async def start(self) -> None:
         """Bind (creating the durable consumer if needed) and start the worker loops."""
@@ -85,10 +88,14 @@ class UploadConsumer:
             )
         self._subs = subs
         self._tasks = [asyncio.create_task(self._run(sub)) for sub in subs]
+        self._lag = LagPoller(self.js, [(subjects.INGEST_STREAM, DURABLE)])
+        self._lag.start()
 
     async def stop(self) -> None:
         """Let every loop finish the batch in hand (its fetch ends within a second), then stop."""
         self._stopping = True
+        if self._lag is not None:
+            await self._lag.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=30.0)
             for task in pending:
@@ -113,7 +120,9 @@ class UploadConsumer:
                 await asyncio.sleep(_TRANSIENT_DELAY)
                 continue
             try:
-                await self._handle(msgs)
+                # One span per batch, continuing the STOW request's trace (krypton.bus.tracing).
+                with consumer_span(f"{DURABLE} process", msgs):
+                    await self._handle(msgs)
             except Exception:  # the loop must survive anything; unanswered uploads come back
                 _log.exception("ingest batch failed")
 
@@ -142,6 +151,7 @@ class UploadConsumer:
                 # A message that can never be decoded must not block the stream: terminate it.
                 _log.error("undecodable upload event dropped", subject=msg.subject, error=str(exc))
                 await msg.term()
+                MESSAGES.labels(DURABLE, "term").inc()
         if not events:
             return
         heartbeat = asyncio.create_task(_heartbeat(taken))
@@ -177,7 +187,11 @@ class UploadConsumer:
             if event.reply_to:
                 await self.nc.publish(event.reply_to, result_payload(result.result))
             await msg.ack()
+            INGEST_INSTANCES.labels("stored" if result.result.ok else "rejected").inc()
+            MESSAGES.labels(DURABLE, "ack").inc()
             return
+        INGEST_INSTANCES.labels("failed").inc()
+        MESSAGES.labels(DURABLE, "nak").inc()
         if isinstance(result, _TRANSIENT):
             _log.warning("ingest retry later", error=repr(result), staging_key=event.staging_key)
             await msg.nak(delay=_TRANSIENT_DELAY)

@@ -32,6 +32,7 @@ from krypton.core.settings import KryptonSettings
 from krypton.render.settings import RenderSettings
 from krypton.render.worker import Worker
 from krypton.storage.factory import open_store
+from krypton.telemetry.metrics import register_cache
 
 __all__ = ["build_app", "main"]
 
@@ -56,6 +57,7 @@ def build_app(
             precompute_thumbnail=policy.precompute_thumbnail,
         )
         state["worker"] = worker
+        register_cache("render_image", lambda: (worker.cache.hits, worker.cache.misses))
         nc = await connect(settings.nats_url, "render-consumer")
         js = nc.jetstream()
         await streams.provision(js)

@@ -98,12 +98,17 @@ class RenderCache:
         self.max_bytes = max_bytes
         self.size = 0
         self._items: OrderedDict[RenderRequest, bytes] = OrderedDict()
+        self.hits = 0  # exported as krypton_cache_lookups_total{cache="render_image"}
+        self.misses = 0
 
     def get(self, key: RenderRequest) -> bytes | None:
         """The cached image for `key`, refreshed as most recently used."""
         body = self._items.get(key)
         if body is not None:
             self._items.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
         return body
 
     def put(self, key: RenderRequest, body: bytes) -> None:
