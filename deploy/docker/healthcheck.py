@@ -8,6 +8,7 @@ failure an operator can act on. Standard library only: it runs inside the slim r
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -25,13 +26,17 @@ def gateway_healthy() -> bool:
 
 
 def nats_reachable() -> bool:
-    """Whether the configured NATS server sends INFO and answers PING with PONG."""
+    """Whether the configured NATS server accepts our credentials and answers PING with PONG."""
     url = urlsplit(os.environ.get("KRYPTON_NATS_URL", "nats://127.0.0.1:4222").split(",")[0])
     with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         if not s.recv(4096).startswith(b"INFO"):
             return False
-        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        # The service's own credentials (production NATS has per-service users).
+        options: dict[str, object] = {"verbose": False, "pedantic": False}
+        if url.username:
+            options |= {"user": url.username, "pass": url.password or ""}
+        s.sendall(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
         return b"PONG" in s.recv(4096)
 
 

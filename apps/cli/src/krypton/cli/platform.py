@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Literal
 
 import httpx
 
+from krypton.bus.permissions import PERMISSIONS, nats_authorization
 from krypton.cli.supervisor import Supervisor
 from krypton.testing.servers import NatsServer, free_port, start_nats, start_postgres
 
@@ -40,6 +42,9 @@ class PlatformConfig:
     # Prometheus endpoints: "off" (tests), "default" (each service's documented port, `krypton
     # up`), "free" (any free port per process, listed in `Platform.metrics_ports`).
     metrics: Literal["off", "default", "free"] = "off"
+    # Per-service NATS users with the production permissions (`krypton.bus.permissions`);
+    # nats-server then logs to `<state>/nats/nats.log`, permission violations included.
+    nats_auth: bool = False
 
 
 class Platform:
@@ -56,6 +61,7 @@ class Platform:
         self.nats: NatsServer | None = None
         self.pg_dsn: str | None = None
         self.metrics_ports: dict[str, int] = {}
+        self.nats_passwords: dict[str, str] = {}
 
     @property
     def base_url(self) -> str:
@@ -99,7 +105,14 @@ class Platform:
         """Start servers and services; return when the gateway is ready."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "objects").mkdir(exist_ok=True)
-        self.nats = await asyncio.to_thread(start_nats, self.state_dir / "nats", self.nats_port)
+        extra_config = ""
+        if self.config.nats_auth:
+            self.nats_passwords = {name: secrets.token_urlsafe(18) for name in PERMISSIONS}
+            log = self.state_dir / "nats" / "nats.log"
+            extra_config = f'log_file: "{log}"\n' + nats_authorization(self.nats_passwords)
+        self.nats = await asyncio.to_thread(
+            start_nats, self.state_dir / "nats", self.nats_port, extra_config
+        )
         self.pg_dsn = await asyncio.to_thread(start_postgres, self.state_dir / "pg")
         # Maintenance commands (`krypton audit verify`) find the embedded database here.
         dsn_file = self.state_dir / "pg-dsn"
@@ -126,10 +139,14 @@ class Platform:
         for name in SERVICES:
             for replica in range(self.config.replicas.get(name, 1)):
                 label = name if replica == 0 else f"{name}-{replica + 1}"
-                child_env = env
+                child_env = dict(env)
                 if self.config.metrics == "free":
                     self.metrics_ports[label] = free_port()
-                    child_env = {**env, "KRYPTON_METRICS_PORT": str(self.metrics_ports[label])}
+                    child_env["KRYPTON_METRICS_PORT"] = str(self.metrics_ports[label])
+                if self.config.nats_auth:
+                    child_env["KRYPTON_NATS_URL"] = self.nats.url.replace(
+                        "nats://", f"nats://{name}:{self.nats_passwords[name]}@"
+                    )
                 self.supervisor.add(label, [python, "-m", f"krypton.{name}"], child_env)
         await self.supervisor.start()
         await self.wait_ready(timeout)

@@ -11,6 +11,7 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
+from krypton.bus.permissions import inbox_prefix
 from krypton.bus.tracing import TracedClient
 from krypton.core.logging import get_logger
 
@@ -35,13 +36,16 @@ async def connect(url: str, name: str) -> Client:
     """Connect with reconnection forever (a restart of nats-server is not fatal).
 
     The client propagates trace context and measures requests (`krypton.bus.tracing`); its
-    metrics are labelled with the service, the part of `name` before any `-`.
+    metrics are labelled with the service, the part of `name` before any `-`, whose own inbox
+    prefix it uses (the per-service permissions of `krypton.bus.permissions` allow no other).
+    Credentials, when the server wants them, ride in the URL (`nats://user:password@host`).
     """
     client = TracedClient()
     client.service = name.split("-", 1)[0]
     await client.connect(
         url,
         name=name,
+        inbox_prefix=inbox_prefix(client.service),
         max_reconnect_attempts=-1,
         # Seconds; nats-py annotates it `int` but sleeps on it as a float.
         reconnect_time_wait=0.5,  # type: ignore[arg-type]
@@ -62,6 +66,7 @@ def make_broker(url: str, name: str) -> NatsBroker:
     return NatsBroker(
         url,
         name=name,
+        inbox_prefix=inbox_prefix(name.split("-", 1)[0]),
         serializer=MsgSpecSerializer(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

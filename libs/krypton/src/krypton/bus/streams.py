@@ -78,10 +78,19 @@ AUDIT = StreamSpec(
 ALL_STREAMS = (INGEST, INSTANCES, POLICY, AUDIT)
 
 
-async def provision(js: JetStreamContext, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
-    """Create each stream, or bring an existing one to its current definition."""
+async def provision(
+    js: JetStreamContext, specs: tuple[StreamSpec, ...] = ALL_STREAMS, replicas: int | None = None
+) -> None:
+    """Create each stream, or bring an existing one to its current definition.
+
+    Args:
+        js: JetStream context.
+        specs: The streams to provision.
+        replicas: Copies of each stream's data (`KRYPTON_STREAM_REPLICAS`): 3 on a production
+            cluster (a node may fail), 1 embedded; `None` keeps each spec's own.
+    """
     for spec in specs:
-        config = spec.config()
+        config = spec.config(replicas)
         try:
             await js.add_stream(config)
         except BadRequestError:

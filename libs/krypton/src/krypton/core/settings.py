@@ -76,6 +76,8 @@ class KryptonSettings(BaseSettings):
     metrics_port: int | None = None
     # Containers set 0.0.0.0 so Prometheus can reach it; a laptop keeps it local.
     metrics_host: str = "127.0.0.1"
+    # JetStream stream replicas: 3 on the production cluster, 1 on a single server.
+    stream_replicas: int = 1
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> KryptonSettings:

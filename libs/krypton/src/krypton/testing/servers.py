@@ -94,13 +94,16 @@ class NatsServer:
         self.proc = None
 
 
-def start_nats(store_dir: Path, port: int | None = None) -> NatsServer:
-    """Start nats-server with JetStream on `port` (free one by default) storing in `store_dir`."""
+def start_nats(store_dir: Path, port: int | None = None, extra_config: str = "") -> NatsServer:
+    """Start nats-server with JetStream on `port` (free one by default) storing in `store_dir`.
+
+    `extra_config` is appended to the configuration file (e.g. an `authorization` block).
+    """
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     config = store_dir / "nats.conf"
     # max_payload only exists in the config file; 8 MiB lets a rendered frame ride a reply.
-    config.write_text(f"max_payload: {8 * 1024 * 1024}\n")
+    config.write_text(f"max_payload: {8 * 1024 * 1024}\n{extra_config}")
     args = [
         venv_binary("nats-server"),
         "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir), "-c", str(config),

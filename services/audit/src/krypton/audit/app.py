@@ -91,7 +91,7 @@ def build_app(
         state["pool"] = pool
         nc: Client = await connect(settings.nats_url, "audit-consumer")
         js = nc.jetstream()
-        await streams.provision(js)
+        await streams.provision(js, replicas=settings.stream_replicas)
 
         async def record(events: Sequence[AuditEvent]) -> None:
             try:

@@ -74,7 +74,9 @@ class AuthorizeService:
         nc = await connect(settings.nats_url, "authorize")
         js = nc.jetstream()
         # AUDIT too: the outbox also publishes the audit events of policy commands.
-        await streams.provision(js, (streams.POLICY, streams.AUDIT))
+        await streams.provision(
+            js, (streams.POLICY, streams.AUDIT), replicas=settings.stream_replicas
+        )
         policy = Policy(pool, authz)
         cache = DecisionCache(ttl=authz.decision_cache_seconds)
         register_cache("authorize_decision", lambda: (cache.hits, cache.misses))

@@ -55,7 +55,7 @@ def create_app(settings: KryptonSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await connect(settings.nats_url, "gateway")
         js = nc.jetstream()
-        await streams.provision(js)
+        await streams.provision(js, replicas=settings.stream_replicas)
         store = await open_store(settings.storage)
         jwks = JwksCache(settings.auth)
         waiter = VerdictWaiter(prefix=f"_INBOX.krypton.gateway.{uuid.uuid4().hex}")

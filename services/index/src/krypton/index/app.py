@@ -51,7 +51,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         await migrate(pool)
         nc: Client = await connect(settings.nats_url, "index-consumer")
         js = nc.jetstream()
-        await streams.provision(js)
+        await streams.provision(js, replicas=settings.stream_replicas)
         state["pool"] = pool
 
         async def index_batch(events: Sequence[InstanceStored]) -> None:

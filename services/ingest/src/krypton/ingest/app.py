@@ -51,7 +51,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         store = await open_store(settings.storage)
         nc = await connect(settings.nats_url, "ingest-publisher")
         js = nc.jetstream()
-        await streams.provision(js)
+        await streams.provision(js, replicas=settings.stream_replicas)
         consumer = UploadConsumer(
             nc,
             js,

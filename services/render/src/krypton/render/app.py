@@ -60,7 +60,7 @@ def build_app(
         register_cache("render_image", lambda: (worker.cache.hits, worker.cache.misses))
         nc = await connect(settings.nats_url, "render-consumer")
         js = nc.jetstream()
-        await streams.provision(js)
+        await streams.provision(js, replicas=settings.stream_replicas)
 
         async def precompute(events: Sequence[InstanceStored]) -> None:
             # One at a time: the decoding threads are shared with live requests, which the
