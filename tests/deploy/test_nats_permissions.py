@@ -118,8 +118,8 @@ def test_kubernetes_nats_and_services_use_the_same_users() -> None:
     for service in SERVICES:
         secret = env[password_variable(service)]["valueFrom"]["secretKeyRef"]
         assert secret == {"name": "krypton-nats", "key": f"{service}-password"}
-    overlay = ROOT / "deploy" / "k8s" / "overlays" / "production"
-    patches = [d for d in yaml.safe_load_all((overlay / "nats-credentials.yaml").read_text()) if d]
+    base = ROOT / "deploy" / "k8s" / "base"
+    patches = [d for d in yaml.safe_load_all((base / "nats-credentials.yaml").read_text()) if d]
     urls = {}
     for patch in patches:
         (container,) = patch["spec"]["template"]["spec"]["containers"]
@@ -127,7 +127,10 @@ def test_kubernetes_nats_and_services_use_the_same_users() -> None:
         assert variable["name"] == "KRYPTON_NATS_URL"
         urls[patch["metadata"]["name"]] = variable["valueFrom"]["secretKeyRef"]["key"]
     assert urls == {s: f"{s}-url" for s in SERVICES}
+    assert {"path": "nats-credentials.yaml"} in yaml.safe_load(
+        (base / "kustomization.yaml").read_text()
+    )["patches"]
+    overlay = ROOT / "deploy" / "k8s" / "overlays" / "production"
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    assert {"path": "nats-credentials.yaml"} in kustomization["patches"]
     literals = kustomization["configMapGenerator"][0]["literals"]
     assert "KRYPTON_STREAM_REPLICAS=3" in literals

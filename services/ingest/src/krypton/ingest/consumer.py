@@ -31,7 +31,12 @@ from krypton.core.logging import get_logger
 from krypton.db.errors import TRANSIENT_DB_ERRORS
 from krypton.ingest.pipeline import IngestPipeline, Outcome, result_payload
 from krypton.storage.errors import StorageUnavailable
-from krypton.telemetry.metrics import INGEST_INSTANCES, MESSAGES, LagPoller
+from krypton.telemetry.metrics import (
+    INGEST_INSTANCES,
+    MESSAGE_BATCH_DURATION,
+    MESSAGES,
+    LagPoller,
+)
 
 __all__ = ["DURABLE", "UploadConsumer"]
 
@@ -121,7 +126,10 @@ class UploadConsumer:
                 continue
             try:
                 # One span per batch, continuing the STOW request's trace (krypton.bus.tracing).
-                with consumer_span(f"{DURABLE} process", msgs):
+                with (
+                    consumer_span(f"{DURABLE} process", msgs),
+                    MESSAGE_BATCH_DURATION.labels(DURABLE).time(),
+                ):
                     await self._handle(msgs)
             except Exception:  # the loop must survive anything; unanswered uploads come back
                 _log.exception("ingest batch failed")
