@@ -16,8 +16,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
 
-from krypton.bus.connect import connect
+from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer
 from krypton.core.errors import ConfigurationError
 from krypton.core.settings import StorageSettings
@@ -149,3 +150,34 @@ def test_exporters_follow_the_standard_variables(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(ConfigurationError, match="zipkin"):
         exporters_from_env()
+
+
+async def test_a_faststream_handler_continues_the_trace_with_bounded_names(
+    nats_url: str, spans: InMemorySpanExporter
+) -> None:
+    broker = make_broker(nats_url, "probe")
+    subject = f"test.{uuid.uuid4().hex[:8]}.ask"
+
+    @broker.subscriber(subject)
+    async def answer(body: bytes) -> bytes:
+        with tracer.start_as_current_span("handler work"):
+            return b"ok"
+
+    async with broker:
+        await broker.start()
+        nc = await connect(nats_url, "probe")
+        with tracer.start_as_current_span("caller") as caller:
+            reply = await nc.request(subject, b"?", timeout=10.0)
+        await nc.close()
+    assert reply.data == b"ok"
+    (work,) = _named(spans, "handler work")
+    assert _trace_id(work) == caller.get_span_context().trace_id
+    # The reply goes to a one-off inbox: neither span names nor metric labels may name it.
+    assert not [s.name for s in spans.get_finished_spans() if "_INBOX." in s.name]
+    destinations = {
+        sample.labels.get("destination")
+        for family in REGISTRY.collect()
+        if family.name == "faststream_published_messages"
+        for sample in family.samples
+    }
+    assert not any(d and d.startswith("_INBOX.") for d in destinations), destinations

@@ -6,11 +6,9 @@ import logging
 
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client
-from prometheus_client import REGISTRY
 
+from krypton.bus.faststream_observability import prometheus_middleware, telemetry_middleware
 from krypton.bus.permissions import inbox_prefix
 from krypton.bus.tracing import TracedClient
 from krypton.core.logging import get_logger
@@ -59,9 +57,9 @@ async def connect(url: str, name: str) -> Client:
 def make_broker(url: str, name: str) -> NatsBroker:
     """A FastStream broker whose handlers take msgspec Structs directly.
 
-    Its subscribers run in spans that continue the publisher's trace (FastStream's
-    `NatsTelemetryMiddleware`, on the global tracer provider) and are counted in the
-    `faststream_*` Prometheus metrics, with `app_name` the service.
+    Its subscribers run in spans that continue the publisher's trace (FastStream's telemetry
+    middleware, on the global tracer provider) and are counted in the `faststream_*`
+    Prometheus metrics, with `app_name` the service (`krypton.bus.faststream_observability`).
     """
     return NatsBroker(
         url,
@@ -73,8 +71,5 @@ def make_broker(url: str, name: str) -> NatsBroker:
         logger=get_logger(f"krypton.{name}.broker"),
         # One "Received"/"Processed" pair per message is debugging detail, not an operator's log.
         log_level=logging.DEBUG,
-        middlewares=(
-            NatsTelemetryMiddleware(),
-            NatsPrometheusMiddleware(registry=REGISTRY, app_name=name),
-        ),
+        middlewares=(telemetry_middleware(), prometheus_middleware(name)),
     )
