@@ -59,10 +59,13 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     KRYPTON_SERVICE="${SERVICE}" \
     KRYPTON_HTTP_HOST=0.0.0.0 \
     KRYPTON_HTTP_PORT=8080 \
-    KRYPTON_LOG_JSON=true
+    KRYPTON_LOG_JSON=true \
+    KRYPTON_METRICS_HOST=0.0.0.0 \
+    KRYPTON_METRICS_PORT=9100
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8080
+# 8080: the gateway's HTTP; 9100: every service's Prometheus /metrics (kept off the internet).
+EXPOSE 8080 9100
 # gateway: GET /healthz; the NATS workers have no HTTP port, so the script checks that their
 # NATS server answers (see deploy/docker/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
