@@ -19,13 +19,16 @@ import msgspec
 from krypton.contracts.index.v1 import LocatedInstance
 from krypton.dicom.header import read_header
 from krypton.dicom.json import dataset_to_dicom_json
+from krypton.gateway.wado_cache import BodyCache
 from krypton.storage.base import ObjectStore
+from krypton.storage.errors import ObjectNotFound
 from krypton.storage.keys import derived_key
 
 __all__ = [
     "METADATA_VERSION",
     "instance_metadata",
     "metadata_etag",
+    "single_metadata",
     "stream_metadata",
 ]
 
@@ -67,18 +70,39 @@ def _build(instance: LocatedInstance, header_bytes: bytes) -> bytes:
     return msgspec.json.encode(dict(sorted(body.items())), enc_hook=str)
 
 
-async def instance_metadata(store: ObjectStore, instance: LocatedInstance) -> bytes:
-    """The instance's DICOM JSON object (relative BulkDataURIs), from the cache or computed."""
+async def instance_metadata(
+    store: ObjectStore, instance: LocatedInstance, cache: BodyCache | None = None
+) -> bytes:
+    """The instance's DICOM JSON object (relative BulkDataURIs), from a cache or computed.
+
+    `cache` (in memory, by content hash) is looked at first, then the derived object.
+    """
+    memo = (_KIND, instance.sop_instance_uid, instance.sha256)
+    if cache is not None and (hit := cache.get(memo)) is not None:
+        return hit[0]
     key = derived_key(
         _KIND, instance.study_uid, instance.series_uid, instance.sop_instance_uid, "json"
     )
-    if await store.exists(key):
-        return await store.read(key)
-    end = instance.pixel_data_offset if instance.pixel_data_offset is not None else instance.size
-    header_bytes = await store.read(instance.object_key, 0, end)
-    body = await asyncio.to_thread(_build, instance, header_bytes)
-    await store.put_bytes(key, body)
+    try:
+        body = await store.read(key)
+    except ObjectNotFound:
+        end = (
+            instance.pixel_data_offset if instance.pixel_data_offset is not None else instance.size
+        )
+        header_bytes = await store.read(instance.object_key, 0, end)
+        body = await asyncio.to_thread(_build, instance, header_bytes)
+        await store.put_bytes(key, body)
+    if cache is not None:
+        cache.put(memo, body, "application/dicom+json")
     return body
+
+
+async def single_metadata(
+    store: ObjectStore, instance: LocatedInstance, base_url: str, cache: BodyCache | None = None
+) -> bytes:
+    """The JSON array of one instance's metadata (absolute BulkDataURIs), in one piece."""
+    body = await instance_metadata(store, instance, cache)
+    return b"[" + _absolute(body, base_url.rstrip("/").encode()) + b"]"
 
 
 def _absolute(body: bytes, base: bytes) -> bytes:
@@ -86,7 +110,10 @@ def _absolute(body: bytes, base: bytes) -> bytes:
 
 
 async def stream_metadata(
-    store: ObjectStore, instances: Sequence[LocatedInstance], base_url: str
+    store: ObjectStore,
+    instances: Sequence[LocatedInstance],
+    base_url: str,
+    cache: BodyCache | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the JSON array of the instances' metadata, a few instances read ahead."""
     base = base_url.rstrip("/").encode()
@@ -96,7 +123,9 @@ async def stream_metadata(
         yield b"["
         for position in range(len(instances)):
             while index < len(instances) and len(pending) < _PREFETCH:
-                pending.append(asyncio.create_task(instance_metadata(store, instances[index])))
+                pending.append(
+                    asyncio.create_task(instance_metadata(store, instances[index], cache))
+                )
                 index += 1
             body = await pending.pop(0)
             yield (b"," if position else b"") + _absolute(body, base)

@@ -26,7 +26,7 @@ from krypton.bus.service import run_service
 from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.contracts.render.v1 import RenderRequest
-from krypton.contracts.transcode.v1 import TranscodeRequest
+from krypton.contracts.transcode.v1 import INLINE_HEADER, INLINE_MAX_BYTES, TranscodeRequest
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.render.settings import RenderSettings
@@ -97,8 +97,18 @@ def build_app(
         return NatsResponse(result.body, headers=headers)
 
     @broker.subscriber(subjects.SVC_TRANSCODE_INSTANCE, queue="transcode")
-    async def on_transcode(request: TranscodeRequest) -> bytes:
-        return encode(await state["worker"].transcode(request))
+    async def on_transcode(request: TranscodeRequest) -> NatsResponse:
+        # One return type (FastStream refuses a union with a custom type): the JSON response
+        # as the body, or the bytes as the body and the response in a header.
+        worker = state["worker"]
+        if not request.inline:
+            return NatsResponse(encode(await worker.transcode(request)))
+        response, data = await worker.transcode_inline(request)
+        if data is None or len(data) > INLINE_MAX_BYTES:
+            if data is not None:  # too big to ride the reply: answer once it is stored
+                response = await worker.transcode(request)
+            return NatsResponse(encode(response))
+        return NatsResponse(data, headers={INLINE_HEADER: encode(response).decode()})
 
     return FastStream(broker, lifespan=lifespan), broker
 

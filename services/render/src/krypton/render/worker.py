@@ -26,6 +26,7 @@ from pydicom.uid import UID, HTJ2KLossless
 
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.contracts.render.v1 import (
+    THUMBNAIL_KIND,
     THUMBNAIL_QUALITY,
     THUMBNAIL_VIEWPORT,
     RenderedMediaValues,
@@ -45,7 +46,6 @@ from krypton.storage.keys import derived_key
 __all__ = ["PRECOMPUTE_HTJ2K_FROM", "RenderCache", "RenderResult", "Worker", "thumbnail_request"]
 
 _log = get_logger("krypton.render")
-_THUMBNAIL_KIND = "thumbnail-v1"
 
 #: Originals of which the HTJ2K lossless copy is made (the issue's policy): uncompressed and
 #: JPEG 2000 (lossless and lossy: the copy is lossless of the decoded pixels).
@@ -145,6 +145,8 @@ class Worker:
         self.precompute_thumbnail = precompute_thumbnail
         self.cache = RenderCache(cache_bytes)
         self._slots = asyncio.Semaphore(concurrency or os.cpu_count() or 2)
+        # Transcoded objects being written after their bytes were answered, by key.
+        self._keeping: dict[str, asyncio.Task[TranscodeResponse]] = {}
 
     async def _source(self, key: str) -> bytes | Path:
         """The instance as a local file when the store has one, else its bytes."""
@@ -194,35 +196,66 @@ class Worker:
 
     async def transcode(self, request: TranscodeRequest) -> TranscodeResponse:
         """Write the instance in the wanted syntax as a derived object (once) and name it."""
+        response, _ = await self.transcode_inline(request)
+        keeping = self._keeping.get(response.object_key or "")
+        if keeping is not None:
+            return await asyncio.shield(keeping)
+        return response
+
+    async def transcode_inline(
+        self, request: TranscodeRequest
+    ) -> tuple[TranscodeResponse, bytes | None]:
+        """The derived object's description, and its bytes when this call just made them.
+
+        Bytes just made are written to the store in the background (`_keep`): the caller can
+        serve them at once, without waiting for the durable write nor reading them back.
+        """
         wanted = request.transfer_syntax_uid
         uids = (request.study_uid, request.series_uid, request.sop_instance_uid)
         target = _transcoded_key(wanted, *uids)
+        keeping = self._keeping.get(target)
+        if keeping is not None:  # made a moment ago, still being written
+            return await asyncio.shield(keeping), None
         sidecar = _sidecar(target)
-        if await self.store.exists(sidecar):
+        try:
             # Written after the object: its presence means the object is complete.
-            known = msgspec.json.decode(await self.store.read(sidecar), type=TranscodeResponse)
-            return known
+            known = await self.store.read(sidecar)
+        except ObjectNotFound:
+            pass
+        else:
+            return msgspec.json.decode(known, type=TranscodeResponse), None
         try:
             source = await self._best_source(
                 request.object_key, request.source_transfer_syntax_uid, uids
             )
         except ObjectNotFound:
-            return TranscodeResponse(status=404, reason="instance not found")
+            return TranscodeResponse(status=404, reason="instance not found"), None
         async with self._slots:
             try:
-                data = await asyncio.to_thread(transcode, source, wanted)
+                data, offset = await asyncio.to_thread(_transcode, source, wanted)
             except DecodeError as exc:
-                return TranscodeResponse(status=406, reason=str(exc))
-        stored = await self.store.put_bytes(target, data)
-        header = await asyncio.to_thread(read_header, data)
+                return TranscodeResponse(status=406, reason=str(exc)), None
         response = TranscodeResponse(
-            status=200,
-            object_key=target,
-            size=stored.size,
-            pixel_data_offset=header.pixel_data_offset,
+            status=200, object_key=target, size=len(data), pixel_data_offset=offset
         )
+        task = asyncio.create_task(self._keep(target, sidecar, data, response))
+        self._keeping[target] = task
+        task.add_done_callback(lambda done: self._kept(target, done))
+        _log.debug("transcoded", sop=request.sop_instance_uid, syntax=wanted, size=len(data))
+        return response, data
+
+    def _kept(self, target: str, task: asyncio.Task[TranscodeResponse]) -> None:
+        self._keeping.pop(target, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # The bytes were answered; the next request transcodes again.
+            _log.warning("transcoded object not kept", key=target, error=repr(error))
+
+    async def _keep(
+        self, target: str, sidecar: str, data: bytes, response: TranscodeResponse
+    ) -> TranscodeResponse:
+        """Write a transcoded instance, then its sidecar (which says the object is complete)."""
+        await self.store.put_bytes(target, data)
         await self.store.put_bytes(sidecar, msgspec.json.encode(response))
-        _log.debug("transcoded", sop=request.sop_instance_uid, syntax=wanted, size=stored.size)
         return response
 
     async def precompute(self, event: InstanceStored) -> None:
@@ -282,7 +315,13 @@ def _sidecar(key: str) -> str:
 
 
 def _thumbnail_key(study: str, series: str, sop: str) -> str:
-    return derived_key(_THUMBNAIL_KIND, study, series, sop, "jpg")
+    return derived_key(THUMBNAIL_KIND, study, series, sop, "jpg")
+
+
+def _transcode(source: bytes | Path, wanted: str) -> tuple[bytes, int | None]:
+    """The instance in `wanted`, and the offset of its Pixel Data tag (one thread hop)."""
+    data = transcode(source, wanted)
+    return data, read_header(data).pixel_data_offset
 
 
 def _render(source: bytes | Path, request: RenderRequest) -> bytes:
