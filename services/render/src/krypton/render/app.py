@@ -54,6 +54,7 @@ def build_app(
             cache_bytes=policy.cache_bytes,
             precompute_htj2k=policy.precompute_htj2k,
             precompute_thumbnail=policy.precompute_thumbnail,
+            precompute_metadata=policy.precompute_metadata,
         )
         state["worker"] = worker
         nc = await connect(settings.nats_url, "render-consumer")
@@ -76,7 +77,7 @@ def build_app(
             batch=policy.precompute_batch,
             ack_wait=120.0,  # a batch of large instances takes a while to transcode
         )
-        if policy.precompute_htj2k or policy.precompute_thumbnail:
+        if policy.precompute_htj2k or policy.precompute_thumbnail or policy.precompute_metadata:
             await consumer.start()
         _log.info("render ready")
         try:

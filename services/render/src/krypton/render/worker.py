@@ -20,6 +20,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 from pydicom.uid import UID, HTJ2KLossless
@@ -36,6 +37,7 @@ from krypton.contracts.transcode.v1 import TranscodeRequest, TranscodeResponse
 from krypton.core.logging import get_logger
 from krypton.dicom.codecs import DECODABLE, NATIVE
 from krypton.dicom.header import read_header
+from krypton.dicom.metadata import build_metadata, metadata_key
 from krypton.dicom.pixels import DecodeError, decode_frame, transcode
 from krypton.render.encode import encode_image
 from krypton.render.imaging import fit_viewport, to_display
@@ -135,11 +137,14 @@ class Worker:
         concurrency: int = 0,
         precompute_htj2k: bool = True,
         precompute_thumbnail: bool = True,
+        precompute_metadata: bool = True,
     ) -> None:
         """Use `store`; `concurrency` 0 means one decoding thread per core.
 
-        `precompute_htj2k` and `precompute_thumbnail` are the ingest-time policy.
+        `precompute_htj2k`, `precompute_thumbnail` and `precompute_metadata` are the
+        ingest-time policy.
         """
+        self.precompute_metadata = precompute_metadata
         self.store = store
         self.precompute_htj2k = precompute_htj2k
         self.precompute_thumbnail = precompute_thumbnail
@@ -258,6 +263,25 @@ class Worker:
         await self.store.put_bytes(sidecar, msgspec.json.encode(response))
         return response
 
+    async def _precompute_metadata(self, event: InstanceStored) -> None:
+        """The instance's WADO-RS metadata JSON, as the gateway would compute it on first read."""
+        key = metadata_key(
+            event.study.study_uid, event.series.series_uid, event.instance.sop_instance_uid
+        )
+        if await self.store.exists(key):
+            return
+        try:
+            source = await self._source(event.object_key)
+            body = await asyncio.to_thread(_metadata, source, event)
+        except ObjectNotFound:
+            return
+        except Exception as exc:  # the gateway computes it on first read instead
+            _log.info(
+                "no metadata precomputed", sop=event.instance.sop_instance_uid, error=repr(exc)
+            )
+            return
+        await self.store.put_bytes(key, body)
+
     async def precompute(self, event: InstanceStored) -> None:
         """Make what a viewer needs first: the thumbnail and, by policy, the HTJ2K copy.
 
@@ -266,6 +290,8 @@ class Worker:
         """
         inst = event.instance
         syntax = inst.transfer_syntax_uid
+        if self.precompute_metadata:
+            await self._precompute_metadata(event)
         if inst.rows is None or UID(syntax) not in DECODABLE:
             return  # no pixels, or nothing the codecs read
         uids = (event.study.study_uid, event.series.series_uid, inst.sop_instance_uid)
@@ -294,6 +320,23 @@ class Worker:
             rendered = await self.render(request)
             if rendered.status == 200:
                 await self.store.put_bytes(_thumbnail_key(*uids), rendered.body)
+
+
+def _metadata(source: bytes | Path, event: InstanceStored) -> bytes:
+    def build(header: bytes | BinaryIO) -> bytes:
+        return build_metadata(
+            header,
+            study_uid=event.study.study_uid,
+            series_uid=event.series.series_uid,
+            sop_instance_uid=event.instance.sop_instance_uid,
+            transfer_syntax_uid=event.instance.transfer_syntax_uid,
+            has_pixel_data=event.pixel_data_offset is not None,
+        )
+
+    if isinstance(source, bytes):
+        return build(source)
+    with source.open("rb") as file:
+        return build(file)
 
 
 def _uids(study: str | None, series: str | None, sop: str | None) -> tuple[str, str, str] | None:
