@@ -219,8 +219,16 @@ def _wanted_syntax(ranges: list[MediaRange], instances: Sequence[LocatedInstance
 
 
 def _multipart(
-    part_type: str, parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]]
+    part_type: str,
+    parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]],
+    sizes: Sequence[tuple[str, int]] | None = None,
 ) -> StreamingResponse:
+    """A streamed ``multipart/related`` of `parts` (content type, chunks).
+
+    With `sizes` (each part's content type and length, known in advance) the answer has a
+    Content-Length and goes out unchunked: the server then writes each chunk as it is,
+    where chunked transfer coding would copy every chunk to frame it.
+    """
     boundary = uuid.uuid4().hex
 
     async def body() -> AsyncIterator[bytes]:
@@ -235,7 +243,14 @@ def _multipart(
         yield before + f"--{boundary}--\r\n".encode()
 
     media = f'multipart/related; type="{part_type}"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    headers = None
+    if sizes is not None:
+        framing = sum(
+            len(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n") + size + 2
+            for content_type, size in sizes
+        )
+        headers = {"Content-Length": str(framing + len(f"--{boundary}--\r\n"))}
+    return StreamingResponse(body(), media_type=media, headers=headers)
 
 
 async def _stream_object(ctx: GatewayContext, key: str) -> AsyncIterator[bytes]:
@@ -280,8 +295,17 @@ async def _retrieve(
 
     if len(instances) == 1:  # a failure can still be a clean status
         first = await _alongside(audited, produce(instances[0]))
-        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}))
+        source, syntax = first
+        sizes = None
+        if isinstance(source, bytes):
+            sizes = [(f"{_DICOM}; transfer-syntax={syntax}", len(source))]
+        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}), sizes)
     await _alongside(audited, asyncio.sleep(0))
+    if wanted is None or all(i.transfer_syntax_uid == wanted for i in instances):
+        # Every part is a stored original of known size (one lost from the store ends the
+        # answer short, which the client sees as a broken transfer).
+        sizes = [(f"{_DICOM}; transfer-syntax={i.transfer_syntax_uid}", i.size) for i in instances]
+        return _multipart(_DICOM, _parts(ctx, instances, produce, {}), sizes)
     return _multipart(_DICOM, _parts(ctx, instances, produce, {}))
 
 
