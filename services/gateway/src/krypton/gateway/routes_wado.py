@@ -481,21 +481,30 @@ async def _frames(
     shape = await _shape(ctx, instance)
     try:
         layout = await frame_layout(ctx.store, key, f"{instance.sha256}:{key}", offset, size, shape)
-        bodies = [await read_frame(ctx.store, key, layout, n, shape) for n in numbers]
-        timing.add("frames", time.perf_counter() - started)
-    except IndexError as exc:
-        raise WadoError(404, str(exc)) from None
     except ValueError as exc:
         raise WadoError(422, str(exc)) from None
+    # Every frame asked for exists (checked before the disclosure is recorded); the frames
+    # are then read while the audit event is acknowledged.
+    last = shape.frames if layout.bit_offsets else len(layout.frames)
+    if (missing := next((n for n in numbers if n > last), None)) is not None:
+        raise WadoError(404, f"frame {missing} does not exist")
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
+    try:
+        bodies = await _alongside(
+            audited,
+            asyncio.gather(*(read_frame(ctx.store, key, layout, n, shape) for n in numbers)),
+        )
+    except IndexError as exc:
+        raise WadoError(404, str(exc)) from None
+    timing.add("frames", time.perf_counter() - started)
     part_type = media
     suffix = f"; transfer-syntax={syntax if passthrough else ExplicitVRLittleEndian}"
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for body in bodies:
             yield part_type + suffix, _one(body)
 
-    return _multipart(part_type, parts())
+    return _multipart(part_type, parts(), [(part_type + suffix, len(b)) for b in bodies])
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
