@@ -778,7 +778,7 @@ def report(result: dict[str, Any]) -> None:
     )
 
 
-def plot(result: dict[str, Any]) -> Path:
+def plot(result: dict[str, Any], name: str = NAME) -> Path:
     """p99 per scenario, Krypton against Orthanc, 1 and 8 clients."""
     plt = pyplot()
     names = list(result["krypton"])
@@ -798,7 +798,7 @@ def plot(result: dict[str, Any]) -> Path:
     fig.suptitle("WADO-RS retrieval p99, same data, same client")
     fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(NAME)
+    path = plot_path(name)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -851,7 +851,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **measured,
     }
     write_result(args.name, result)
-    result["plot"] = str(plot(result))
+    result["plot"] = str(plot(result, args.name))
     report(result)
     return result
 
