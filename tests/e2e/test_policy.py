@@ -165,6 +165,8 @@ async def test_share_code_scope_binding_and_revocation(
     # Reading one instance again and again (the gateway keeps instance-level locates a short
     # while): the revocation below must still close it.
     instance = f"{platform.url}/studies/{STUDY_B}/series/{STUDY_B}.1/instances/{STUDY_B}.9"
+    r = await http.get(f"{platform.url}/studies/{STUDY_B}/metadata", headers=first)
+    assert r.status_code == 200, r.text  # also keeps each instance's answer
     for _ in range(3):
         r = await http.get(f"{instance}/metadata", headers=first)
         assert r.status_code == 200, r.text

@@ -4,7 +4,8 @@
 under a study and series) for one caller, so a viewer reading the same instance's metadata,
 frames and rendered images does not ask the index each time. Only instance-level answers are
 kept: a study or series gains instances as they are ingested, an instance's location never
-changes. What can change is whether the caller may still see it (a share revoked, a care
+changes. A study- or series-level answer is kept as one instance-level answer per instance
+(a viewer reads a series' metadata, then each instance's frames; access is per study). What can change is whether the caller may still see it (a share revoked, a care
 relationship ended, a grant expiring), so:
 
 - an entry lives at most `LocateCache.ttl` seconds (2 s);

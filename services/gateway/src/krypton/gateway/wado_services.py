@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 _log = get_logger("krypton.gateway.wado")
+_SEED_MAX = 5000  # most instances of one study/series answer kept per instance
 _UNAVAILABLE = (nats.errors.NoRespondersError, nats.errors.TimeoutError)
 
 
@@ -65,7 +66,8 @@ async def locate(
         if cached is not None:
             timing.add("locate_cached", 0.0)
             return cached
-        await cache.listen(ctx.nc)
+    # Listening before asking: a policy change after this point cannot be missed.
+    await cache.listen(ctx.nc)
     generation = cache.generation
     request = LocateRequest(actor=actor, study_uid=study, series_uid=series, sop_instance_uid=sop)
     try:
@@ -79,6 +81,13 @@ async def locate(
         raise WadoError(404 if response.status in (200, 404) else response.status, "not found")
     if key is not None:
         cache.put(key, response.instances, generation)
+    elif len(response.instances) <= _SEED_MAX:
+        # A viewer reads a series' metadata, then each instance's frames: the same access
+        # answer for each of them (access is granted per study), so it is kept per instance.
+        for instance in response.instances:
+            one = cache.key(actor, study, instance.series_uid, instance.sop_instance_uid)
+            if one is not None:
+                cache.put(one, [instance], generation)
     return response.instances
 
 
