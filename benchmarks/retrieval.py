@@ -27,7 +27,9 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,7 +74,7 @@ from krypton.dicom.synthetic import Population, SyntheticStudy, render_instances
 from orthanc import Orthanc
 
 NAME = "retrieval"
-SLICES = 300
+SLICES = 300  # default size of the CT series (``--slices``)
 CODECS = {
     "jpeg2000": JPEG2000Lossless,
     "jpeg-ls": JPEGLSLossless,
@@ -115,15 +117,15 @@ def _sop_uids(data: bytes) -> str:
     return str(read_dataset(data, pixels=False).SOPInstanceUID)
 
 
-def generate(seed: int, per_codec: int) -> list[Study]:
-    """The 300-slice CT study, then one CT study of `per_codec` instances per codec."""
+def generate(seed: int, per_codec: int, slices: int = SLICES) -> list[Study]:
+    """The `slices`-slice CT study, then one CT study of `per_codec` instances per codec."""
     population = Population(seed, 1000)
     studies: list[Study] = []
     wanted = ["ct300", *CODECS]
     index = 0
     while wanted and index < 5000:
         label = wanted[0]
-        minimum, cap = (SLICES, SLICES) if label == "ct300" else (per_codec, per_codec)
+        minimum, cap = (slices, slices) if label == "ct300" else (per_codec, per_codec)
         reduced = _one_series(population.study(index), minimum, cap)
         index += 1
         if reduced is None:
@@ -289,24 +291,40 @@ class Outcome:
     bytes: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    stages: dict[str, list[float]] = field(default_factory=dict)  # Server-Timing, ms
+
+    def add_timing(self, header: str | None) -> None:
+        """Remember the stages of one answer's ``Server-Timing`` header (``name;dur=ms``)."""
+        for entry in filter(None, (e.strip() for e in (header or "").split(","))):
+            name, _, rest = entry.partition(";")
+            for param in rest.split(";"):
+                key, _, value = param.strip().partition("=")
+                if key == "dur":
+                    self.stages.setdefault(name.strip(), []).append(float(value))
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = summarise(self.latencies, self.elapsed)
         out["mb_per_s"] = round(self.bytes / 1e6 / self.elapsed, 1) if self.elapsed else None
         out["errors"] = self.errors
+        if self.stages:
+            out["server_timing_mean_ms"] = {
+                name: round(statistics.fmean(values), 3) for name, values in self.stages.items()
+            }
         return out
 
 
 Request = tuple[str, dict[str, str]]
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> tuple[int, int]:
-    """Status and body size; the body is read in chunks and dropped (studies are 150 MB)."""
+async def _fetch(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> tuple[int, int, str | None]:
+    """Status, body size and Server-Timing; the body is read in chunks and dropped."""
     size = 0
     async with client.stream("GET", url, headers=headers) as response:
         async for chunk in response.aiter_raw():
             size += len(chunk)
-    return response.status_code, size
+    return response.status_code, size, response.headers.get("server-timing")
 
 
 async def run_requests(
@@ -323,7 +341,7 @@ async def run_requests(
             url, headers = queue.get_nowait()
             t = time.perf_counter()
             try:
-                status, size = await _fetch(client, url, headers)
+                status, size, timing = await _fetch(client, url, headers)
             except httpx.HTTPError as exc:
                 key = type(exc).__name__
                 outcome.errors[key] = outcome.errors.get(key, 0) + 1
@@ -333,6 +351,7 @@ async def run_requests(
                 outcome.errors[str(status)] = outcome.errors.get(str(status), 0) + 1
                 continue
             outcome.latencies.append(elapsed)
+            outcome.add_timing(timing)
             outcome.bytes += size
 
     started = time.perf_counter()
@@ -356,9 +375,10 @@ class Server:
 Scenario = tuple[str, Callable[[int], list[Request]]]
 
 
-def scenarios(server: Server, ct: Study, codecs: Sequence[Study]) -> list[Scenario]:
-    """Named request lists; the argument is the run (0: 1 client, 1: 8 clients)."""
+def scenarios(server: Server, ct: Study, codecs: Sequence[Study], n: int) -> list[Scenario]:
+    """Named request lists of `n` requests; the argument is the run (0: 1 client, 1: 8)."""
     a = server.auth
+    mb = sum(len(f) for f in ct.files) / 1e6
 
     def inst(i: int, study: Study = ct) -> str:
         return (
@@ -371,29 +391,28 @@ def scenarios(server: Server, ct: Study, codecs: Sequence[Study]) -> list[Scenar
     def rendered_miss(run: int) -> list[Request]:
         # Another slice and another window every time: no cache can answer.
         base = 40 + 1000 * run
-        return [(f"{inst(i)}/rendered?window={base + i},400,linear", jpeg) for i in range(SLICES)]
+        return [(f"{inst(i)}/rendered?window={base + i},400,linear", jpeg) for i in range(n)]
 
     def rendered_hit(run: int) -> list[Request]:
-        return [(f"{inst(150)}/rendered", jpeg)] * 300
+        return [(f"{inst(len(ct.sops) // 2)}/rendered", jpeg)] * n
 
     def metadata(run: int) -> list[Request]:
         return [
-            (f"{inst(i)}/metadata", {**a, "Accept": "application/dicom+json"})
-            for i in range(SLICES)
+            (f"{inst(i)}/metadata", {**a, "Accept": "application/dicom+json"}) for i in range(n)
         ]
 
     def instance(run: int) -> list[Request]:
-        return [(inst(i), {**a, "Accept": server.instance_accept}) for i in range(SLICES)]
+        return [(inst(i), {**a, "Accept": server.instance_accept}) for i in range(n)]
 
     def frames(run: int) -> list[Request]:
-        return [(f"{inst(i)}/frames/1", {**a, "Accept": OCTETS}) for i in range(SLICES)]
+        return [(f"{inst(i)}/frames/1", {**a, "Accept": OCTETS}) for i in range(n)]
 
     def study(run: int) -> list[Request]:
         url = f"{server.url}/studies/{ct.study_uid}"
         return [(url, {**a, "Accept": server.instance_accept})] * (3 if run == 0 else 8)
 
     def floor(run: int) -> list[Request]:
-        return [(server.floor_url, {})] * 300
+        return [(server.floor_url, {})] * n
 
     out: list[Scenario] = [
         ("HTTP floor (healthz|system)", floor),
@@ -401,8 +420,8 @@ def scenarios(server: Server, ct: Study, codecs: Sequence[Study]) -> list[Scenar
         ("rendered, cached", rendered_hit),
         ("instance metadata", metadata),
         ("whole instance", instance),
-        ("frames/1 x 300", frames),
-        ("whole study (154 MB)", study),
+        (f"frames/1 x {n}", frames),
+        (f"whole study ({mb:.0f} MB)", study),
     ]
     for codec in codecs:
         half = len(codec.sops) // 2
@@ -420,7 +439,9 @@ def scenarios(server: Server, ct: Study, codecs: Sequence[Study]) -> list[Scenar
     return out
 
 
-async def measure(servers: Sequence[Server], ct: Study, codecs: Sequence[Study]) -> dict[str, Any]:
+async def measure(
+    servers: Sequence[Server], ct: Study, codecs: Sequence[Study], n: int
+) -> dict[str, Any]:
     """Every scenario at 1 and 8 concurrent requests on each server, with CPU per process.
 
     The servers take turns scenario by scenario (Krypton, then Orthanc, at each concurrency)
@@ -440,7 +461,7 @@ async def measure(servers: Sequence[Server], ct: Study, codecs: Sequence[Study])
                 for s in ct.sops[:8]
             ]  # fmt: skip
             await run_requests(client, warm, 8)
-            plans[server.name] = scenarios(server, ct, codecs)
+            plans[server.name] = scenarios(server, ct, codecs, n)
         names = [name for name, _ in plans[servers[0].name]]
         for position, name in enumerate(names):
             for run, concurrency in enumerate((1, 8)):
@@ -477,6 +498,76 @@ async def orthanc_accept(orthanc: Orthanc, ct: Study) -> str:
             if (await c.get(url, headers={"Accept": accept})).status_code == 200:
                 return accept
     return DICOM_PLAIN
+
+
+# --- profiling -----------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy sampling of the gateway, render and index processes while the scenarios run.
+
+    Each process is recorded as collapsed stacks (``<dir>/<service>.txt``, flame-graph input);
+    `stop` summarises each into the functions with the most samples, own (leaf) and inclusive.
+    """
+
+    SERVICES = ("gateway", "render", "index")
+
+    def __init__(self, directory: Path, platform: Any, rate: int = 200) -> None:
+        """Start one ``py-spy record`` per service of `platform`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        py_spy = Path(sys.executable).parent / "py-spy"
+        for service, roots in platform_groups(platform).items():
+            if service not in self.SERVICES:
+                continue
+            out = directory / f"{service}.txt"
+            self.procs[service] = subprocess.Popen(
+                [str(py_spy), "record", "--pid", str(roots[0].pid), "--rate", str(rate),
+                 "--format", "raw", "--output", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    async def stop(self, top: int = 25) -> dict[str, Any]:
+        """Stop recording; the top functions of each process (own and inclusive samples)."""
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
+            await asyncio.to_thread(proc.wait, 60)
+        return {
+            service: summarise_stacks(self.directory / f"{service}.txt", top)
+            for service in self.procs
+        }
+
+
+def summarise_stacks(path: Path, top: int) -> dict[str, Any]:
+    """Own and inclusive sample shares of the busiest functions of a collapsed-stack file."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return {"error": "no profile written"}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [
+            f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].rstrip(")")
+            for f in stack.split(";")[1:]
+        ]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def share(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(name, round(100 * c / max(total, 1), 1)) for name, c in ranked]
+
+    return {"samples": total, "own_pct": share(own), "inclusive_pct": share(inclusive)}
 
 
 # --- run -----------------------------------------------------------------------------------
@@ -541,7 +632,10 @@ async def run(args: argparse.Namespace, studies: list[Study]) -> dict[str, Any]:
                 reference.instance_accept = await orthanc_accept(orthanc, ct)
                 result["orthanc_instance_accept"] = reference.instance_accept
                 result["load_average"] = {"before": os.getloadavg()}
-                result.update(await measure([krypton, reference], ct, codecs))
+                profiler = Profiler(args.profile, platform) if args.profile else None
+                result.update(await measure([krypton, reference], ct, codecs, args.requests))
+                if profiler is not None:
+                    result["profile"] = await profiler.stop()
                 result["load_average"]["after"] = os.getloadavg()
     return result
 
@@ -646,6 +740,27 @@ def report(result: dict[str, Any]) -> None:
         ],
         rows,
     )
+    print("\nWhere Krypton's time goes: gateway Server-Timing stages, mean ms (1 client):")
+    stage_names: list[str] = []
+    for by_c in result["krypton"].values():
+        for name in by_c["1"].get("server_timing_mean_ms", {}):
+            if name not in stage_names:
+                stage_names.append(name)
+    print_table(
+        ["scenario", "p50", *stage_names],
+        [
+            [name, by_c["1"]["p50_ms"],
+             *(by_c["1"].get("server_timing_mean_ms", {}).get(s, "") for s in stage_names)]
+            for name, by_c in result["krypton"].items()
+        ],
+    )  # fmt: skip
+    for service, summary in result.get("profile", {}).items():
+        print(f"\nProfile of {service} ({summary.get('samples')} samples), inclusive %:")
+        for function, pct in summary.get("inclusive_pct", [])[:15]:
+            print(f"  {pct:5.1f}  {function}")
+        print("  own (leaf) %:")
+        for function, pct in summary.get("own_pct", [])[:10]:
+            print(f"  {pct:5.1f}  {function}")
     print("\nCPU ms per request (8 clients):")
     procs = sorted(
         {p for by_c in result["krypton"].values() for p in by_c["8"]["cpu_ms_per_request"]}
@@ -663,7 +778,7 @@ def report(result: dict[str, Any]) -> None:
     )
 
 
-def plot(result: dict[str, Any]) -> Path:
+def plot(result: dict[str, Any], name: str = NAME) -> Path:
     """p99 per scenario, Krypton against Orthanc, 1 and 8 clients."""
     plt = pyplot()
     names = list(result["krypton"])
@@ -683,7 +798,7 @@ def plot(result: dict[str, Any]) -> Path:
     fig.suptitle("WADO-RS retrieval p99, same data, same client")
     fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(NAME)
+    path = plot_path(name)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -693,14 +808,25 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; return (and save) its result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--per-codec", type=int, default=16, help="instances per codec study")
+    parser.add_argument("--slices", type=int, default=SLICES, help="instances of the CT series")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="requests per scenario (default: --slices)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record the gateway, render and index with py-spy into this directory",
+    )
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--ready-timeout", type=float, default=240.0)
     parser.add_argument("--name", default=NAME, help="results file name")
     args = parser.parse_args(argv)
+    args.requests = args.requests or args.slices
 
     log("generating the CT series and the compressed studies")
     t = time.perf_counter()
-    studies = generate(args.seed, args.per_codec)
+    studies = generate(args.seed, args.per_codec, args.slices)
     log(
         f"generated {sum(len(s.files) for s in studies)} instances in {time.perf_counter() - t:.1f} s"
     )
@@ -710,7 +836,12 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine(measured.pop("pg_version")),
         "command": " ".join(["benchmarks/retrieval.py", *(argv or sys.argv[1:])]),
-        "params": {"slices": SLICES, "per_codec": args.per_codec, "seed": args.seed},
+        "params": {
+            "slices": args.slices,
+            "requests": args.requests,
+            "per_codec": args.per_codec,
+            "seed": args.seed,
+        },
         "studies": {
             s.label: {"study_uid": s.study_uid, "instances": len(s.files), "syntax": s.syntax}
             for s in studies
@@ -720,7 +851,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **measured,
     }
     write_result(args.name, result)
-    result["plot"] = str(plot(result))
+    result["plot"] = str(plot(result, args.name))
     report(result)
     return result
 

@@ -72,6 +72,20 @@ async def eventually(
     return seen
 
 
+async def read_status_becomes(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], status: int
+) -> int:
+    """Poll a WADO-RS read until it answers `status` (the access projection is a consumer)."""
+    deadline = time.monotonic() + 15.0
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = (await http.get(url, headers=headers)).status_code
+        if seen == status:
+            return seen
+        await asyncio.sleep(0.05)
+    return seen
+
+
 async def api(
     http: httpx.AsyncClient,
     platform: Running,
@@ -148,11 +162,22 @@ async def test_share_code_scope_binding_and_revocation(
     assert r.status_code == 403
     assert await studies(http, platform, second) == set()
 
+    # Reading one instance again and again (the gateway keeps instance-level locates a short
+    # while): the revocation below must still close it.
+    instance = f"{platform.url}/studies/{STUDY_B}/series/{STUDY_B}.1/instances/{STUDY_B}.9"
+    r = await http.get(f"{platform.url}/studies/{STUDY_B}/metadata", headers=first)
+    assert r.status_code == 200, r.text  # also keeps each instance's answer
+    for _ in range(3):
+        r = await http.get(f"{instance}/metadata", headers=first)
+        assert r.status_code == 200, r.text
+
     listed = await api(http, platform, "GET", "/share-codes", patient(platform))
     assert [c["bound_to"] for c in listed.json() if c["id"] == code_id] == ["810000000021"]
     r = await api(http, platform, "POST", f"/share-codes/{code_id}/revoke", patient(platform))
     assert r.status_code == 200, r.text
     assert await eventually(http, platform, first, set()) == set()
+    assert await read_status_becomes(http, f"{instance}/metadata", first, 404) == 404
+    assert await read_status_becomes(http, f"{instance}/rendered", first, 404) == 404
 
 
 async def test_guessing_share_codes_is_locked_out(stored: Running, http: httpx.AsyncClient) -> None:

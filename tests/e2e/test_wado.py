@@ -284,6 +284,14 @@ async def test_hidden_and_missing_studies_look_the_same(
         absent = await http.get(f"{platform.url}/studies/{missing}{suffix}", headers=other)
         assert hidden.status_code == absent.status_code == 404
         assert hidden.json()["detail"] == absent.json()["detail"]
+        # Stage timings only on answers that disclose data: none to tell the two apart.
+        assert "server-timing" not in hidden.headers
+        assert "server-timing" not in absent.headers
+    seen = await http.get(
+        f"{platform.url}/{item.url}/metadata", headers=platform.producer(STRUCTURE)
+    )
+    assert seen.status_code == 200, seen.text
+    assert "total;dur=" in seen.headers["server-timing"]
 
 
 async def test_unproducible_syntax_and_media_types_are_406(

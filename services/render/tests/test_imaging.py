@@ -84,3 +84,30 @@ def test_the_render_cache_evicts_the_least_recently_used_beyond_its_size() -> No
     assert cache.get(b) is None
     assert cache.get(a) is not None
     assert cache.size == 10
+
+
+def _reference_window(arr: np.ndarray, ds: Dataset, window: Window) -> np.ndarray:
+    """PS3.3 windowing over every pixel, as the pipeline did before its lookup table."""
+    slope = float(ds.get("RescaleSlope", 1))
+    intercept = float(ds.get("RescaleIntercept", 0))
+    values = arr.astype(np.float64) * slope + intercept
+    c, w = window.center, window.width
+    if window.function is VoiFunctionValues.LINEAR_EXACT:
+        out = np.clip(((values - c) / w + 0.5) * 255.0, 0.0, 255.0)
+    elif window.function is VoiFunctionValues.SIGMOID:
+        out = 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+    else:
+        out = np.clip(((values - (c - 0.5)) / (w - 1) + 0.5) * 255.0, 0.0, 255.0)
+    return np.rint(out).astype(np.uint8)
+
+
+def test_the_lookup_table_gives_exactly_the_per_pixel_result() -> None:
+    rng = np.random.default_rng(7)
+    for dtype, low, high in ((np.uint16, 0, 4095), (np.int16, -1024, 3071), (np.uint8, 0, 255)):
+        arr = rng.integers(low, high + 1, size=(64, 64)).astype(dtype)
+        ds = _ds(RescaleSlope=1.5, RescaleIntercept=-20)
+        for function in VoiFunctionValues:
+            window = Window(center=40.0, width=400.0, function=function)
+            with np.errstate(over="ignore"):
+                expected = _reference_window(arr, ds, window)
+            assert np.array_equal(to_display(arr, ds, window), expected), (dtype, function)

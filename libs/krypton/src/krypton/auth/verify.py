@@ -173,6 +173,7 @@ class TokenVerifier:
         if cached is not None:
             actor, deadline = cached
             if now < deadline:
+                self._cache.move_to_end(digest)  # least recently used go first
                 return actor
             del self._cache[digest]
 

@@ -14,6 +14,7 @@ from krypton.auth.verify import TokenVerifier
 from krypton.bus.codec import decode
 from krypton.contracts.ingest.v1 import IngestResult
 from krypton.core.settings import KryptonSettings
+from krypton.gateway.wado_cache import BodyCache, LocateCache
 from krypton.storage.base import ObjectStore
 
 __all__ = ["GatewayContext", "VerdictWaiter"]
@@ -66,3 +67,7 @@ class GatewayContext:
     store: ObjectStore
     verifier: TokenVerifier
     waiter: VerdictWaiter
+    # WADO-RS read caches (wado_cache): instance-level locates, rendered images, metadata.
+    locates: LocateCache = field(default_factory=LocateCache)
+    rendered: BodyCache = field(default_factory=lambda: BodyCache(64 * 1024**2))
+    metadata: BodyCache = field(default_factory=lambda: BodyCache(32 * 1024**2))

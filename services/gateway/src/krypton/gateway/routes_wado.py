@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from fastapi import APIRouter
@@ -41,6 +42,7 @@ from krypton.contracts.audit.v1 import AccessBasisValues, AuditEventTypeValues
 from krypton.contracts.common.v1 import Actor
 from krypton.contracts.index.v1 import LocatedInstance
 from krypton.contracts.render.v1 import (
+    THUMBNAIL_KIND,
     THUMBNAIL_QUALITY,
     THUMBNAIL_VIEWPORT,
     RenderedMediaValues,
@@ -55,15 +57,28 @@ from krypton.dicom.codecs import (
     frame_media_type,
     is_native,
 )
-from krypton.gateway import audit_emit as audit
+from krypton.gateway import audit_emit as audit, timing
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.gateway.security import audit_refused, guarded
 from krypton.gateway.wado_accept import MediaRange, parse_accept, ranges_for_parts
 from krypton.gateway.wado_bulkdata import locate_value, parse_range
 from krypton.gateway.wado_frames import ImageShape, frame_layout, read_frame
-from krypton.gateway.wado_metadata import instance_metadata, metadata_etag, stream_metadata
-from krypton.gateway.wado_services import WadoError, locate, render, transcode
+from krypton.gateway.wado_metadata import (
+    instance_metadata,
+    metadata_etag,
+    single_metadata,
+    stream_metadata,
+)
+from krypton.gateway.wado_services import (
+    WadoError,
+    locate,
+    render,
+    transcode,
+    transcode_inline,
+)
+from krypton.storage.errors import ObjectNotFound
+from krypton.storage.keys import derived_key
 
 __all__ = ["router"]
 
@@ -73,9 +88,15 @@ _UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DICOM: Final = "application/dicom"
 _DICOM_JSON: Final = "application/dicom+json"
 _PREFETCH: Final = 4
+# Instances up to this size are read whole, ahead of sending (at most _PREFETCH at a time);
+# bigger ones are streamed from the store in chunks.
+_READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _MAX_FRAMES_PER_REQUEST: Final = 4096
 _IMMUTABLE: Final = "private, max-age=86400"
-_Produce = Callable[[LocatedInstance], Coroutine[Any, Any, tuple[str, str]]]
+_T = TypeVar("_T")
+# What a part is made of: (an object key or the bytes themselves, its transfer syntax).
+_Part = tuple[str | bytes, str]
+_Produce = Callable[[LocatedInstance], Coroutine[Any, Any, _Part]]
 
 
 def _check_uids(*uids: str | None) -> None:
@@ -87,7 +108,10 @@ def _check_uids(*uids: str | None) -> None:
 async def _run(
     request: Request, handler: Callable[[GatewayContext, Actor], Awaitable[Response]]
 ) -> Response:
+    timings = timing.begin()
+
     async def wrapped(r: Request, ctx: GatewayContext, actor: Actor) -> Response:
+        timing.add("auth", time.perf_counter() - timings.started)
         try:
             return await handler(ctx, actor)
         except audit.AuditUnavailableError:
@@ -103,7 +127,9 @@ async def _run(
             headers = {"Retry-After": "2"} if exc.status == 503 else None
             return problem(exc.status, exc.reason, headers=headers)
 
-    return await guarded(request, wrapped)
+    response = await guarded(request, wrapped)
+    timings.apply(response)
+    return response
 
 
 async def _audit(
@@ -127,7 +153,42 @@ async def _audit(
     granted = {i.access_basis for i in instances if i.access_basis}
     if len(granted) == 1:
         fields["basis"] = AccessBasisValues(granted.pop())
-    await audit.emit(ctx, audit.event(request, actor, type_, **fields))
+    with timing.stage("audit"):
+        await audit.emit(ctx, audit.event(request, actor, type_, **fields))
+
+
+def _audit_task(
+    request: Request,
+    ctx: GatewayContext,
+    actor: Actor,
+    type_: AuditEventTypeValues,
+    instances: Sequence[LocatedInstance],
+) -> asyncio.Task[None]:
+    """Start recording the disclosure of `instances`; `_alongside` awaits it."""
+    return asyncio.create_task(_audit(request, ctx, actor, type_, instances))
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed event of an abandoned answer is not reported
+
+
+async def _alongside(audited: asyncio.Task[None], work: Awaitable[_T]) -> _T:
+    """Do `work` while JetStream acknowledges the audit event; return once both are done.
+
+    The guarantee of `_audit` holds: nothing is answered before the event is durable (an
+    `AuditUnavailableError` from the event wins over the work's result). When the work fails
+    the answer is an error that discloses nothing, and the event (maybe already recorded) is
+    left to finish on its own.
+    """
+    try:
+        result = await work
+    except BaseException:
+        audited.add_done_callback(_forget)
+        raise
+    with timing.stage("audit_wait"):
+        await audited
+    return result
 
 
 def _accept(request: Request) -> list[MediaRange]:
@@ -158,20 +219,38 @@ def _wanted_syntax(ranges: list[MediaRange], instances: Sequence[LocatedInstance
 
 
 def _multipart(
-    part_type: str, parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]]
+    part_type: str,
+    parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]],
+    sizes: Sequence[tuple[str, int]] | None = None,
 ) -> StreamingResponse:
+    """A streamed ``multipart/related`` of `parts` (content type, chunks).
+
+    With `sizes` (each part's content type and length, known in advance) the answer has a
+    Content-Length and goes out unchunked: the server then writes each chunk as it is,
+    where chunked transfer coding would copy every chunk to frame it.
+    """
     boundary = uuid.uuid4().hex
 
     async def body() -> AsyncIterator[bytes]:
+        # Each part's bytes are sent as they come (never joined to the framing: no copy of
+        # the data); a part's closing CRLF rides with the next part's header.
+        before = b""
         async for content_type, chunks in parts:
-            yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            yield before + f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
             async for chunk in chunks:
                 yield chunk
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode()
+            before = b"\r\n"
+        yield before + f"--{boundary}--\r\n".encode()
 
     media = f'multipart/related; type="{part_type}"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    headers = None
+    if sizes is not None:
+        framing = sum(
+            len(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n") + size + 2
+            for content_type, size in sizes
+        )
+        headers = {"Content-Length": str(framing + len(f"--{boundary}--\r\n"))}
+    return StreamingResponse(body(), media_type=media, headers=headers)
 
 
 async def _stream_object(ctx: GatewayContext, key: str) -> AsyncIterator[bytes]:
@@ -196,18 +275,37 @@ async def _retrieve(
         )
     instances = await locate(ctx, actor, study, series, sop)
     wanted = _wanted_syntax(ranges, instances)
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, instances)
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, instances)
 
-    async def produce(instance: LocatedInstance) -> tuple[str, str]:
+    async def produce(instance: LocatedInstance) -> _Part:
         if wanted is None or wanted == instance.transfer_syntax_uid:
+            if instance.size <= _READ_AHEAD_BYTES:
+                # Read now (one store call), a few instances ahead of the one being sent.
+                try:
+                    whole = await ctx.store.read(instance.object_key)
+                except ObjectNotFound:
+                    raise WadoError(404, "instance not found") from None
+                return whole, instance.transfer_syntax_uid
             return instance.object_key, instance.transfer_syntax_uid
-        derived = await transcode(ctx, instance, wanted)
+        derived, data = await transcode_inline(ctx, instance, wanted)
+        if data is not None:  # just made: served as it is while the service stores it
+            return data, wanted
         assert derived.object_key is not None
         return derived.object_key, wanted
 
     if len(instances) == 1:  # a failure can still be a clean status
-        first = await produce(instances[0])
-        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}))
+        first = await _alongside(audited, produce(instances[0]))
+        source, syntax = first
+        sizes = None
+        if isinstance(source, bytes):
+            sizes = [(f"{_DICOM}; transfer-syntax={syntax}", len(source))]
+        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}), sizes)
+    await _alongside(audited, asyncio.sleep(0))
+    if wanted is None or all(i.transfer_syntax_uid == wanted for i in instances):
+        # Every part is a stored original of known size (one lost from the store ends the
+        # answer short, which the client sees as a broken transfer).
+        sizes = [(f"{_DICOM}; transfer-syntax={i.transfer_syntax_uid}", i.size) for i in instances]
+        return _multipart(_DICOM, _parts(ctx, instances, produce, {}), sizes)
     return _multipart(_DICOM, _parts(ctx, instances, produce, {}))
 
 
@@ -215,27 +313,28 @@ async def _parts(
     ctx: GatewayContext,
     instances: Sequence[LocatedInstance],
     produce: _Produce,
-    ready: dict[int, tuple[str, str]],
+    ready: dict[int, _Part],
 ) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
     """Each instance's part, transcoding a few instances ahead of the one being sent."""
-    tasks: dict[int, asyncio.Task[tuple[str, str]]] = {}
+    tasks: dict[int, asyncio.Task[_Part]] = {}
     try:
         for position, instance in enumerate(instances):
             for ahead in range(position, min(position + _PREFETCH, len(instances))):
                 if ahead not in ready and ahead not in tasks:
                     tasks[ahead] = asyncio.create_task(produce(instances[ahead]))
             if position in ready:
-                key, syntax = ready.pop(position)
+                source, syntax = ready.pop(position)
             else:
                 try:
-                    key, syntax = await tasks.pop(position)
+                    source, syntax = await tasks.pop(position)
                 except WadoError as exc:
                     # The response has started: leave the instance out rather than cut the body.
                     _log.warning(
                         "instance left out", sop=instance.sop_instance_uid, reason=exc.reason
                     )
                     continue
-            yield f"{_DICOM}; transfer-syntax={syntax}", _stream_object(ctx, key)
+            body = _one(source) if isinstance(source, bytes) else _stream_object(ctx, source)
+            yield f"{_DICOM}; transfer-syntax={syntax}", body
     finally:
         for task in tasks.values():
             task.cancel()
@@ -263,12 +362,18 @@ async def _metadata(
     if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
         return Response(status_code=304, headers=headers)
     base = _base_url(request, ctx)
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_METADATA, instances)
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_METADATA, instances)
     if len(instances) == 1:
-        body = b"".join([part async for part in stream_metadata(ctx.store, instances, base)])
+        with timing.stage("metadata"):
+            body = await _alongside(
+                audited, single_metadata(ctx.store, instances[0], base, ctx.metadata)
+            )
         return Response(body, media_type=_DICOM_JSON, headers=headers)
+    await _alongside(audited, asyncio.sleep(0))
     return StreamingResponse(
-        stream_metadata(ctx.store, instances, base), media_type=_DICOM_JSON, headers=headers
+        stream_metadata(ctx.store, instances, base, ctx.metadata),
+        media_type=_DICOM_JSON,
+        headers=headers,
     )
 
 
@@ -303,7 +408,7 @@ def _int(item: dict[str, object], tag: str, default: int) -> int:
 
 
 async def _shape(ctx: GatewayContext, instance: LocatedInstance) -> ImageShape:
-    item = msgspec.json.decode(await instance_metadata(ctx.store, instance))
+    item = msgspec.json.decode(await instance_metadata(ctx.store, instance, ctx.metadata))
     return ImageShape(
         rows=_int(item, "00280010", 0),
         columns=_int(item, "00280011", 0),
@@ -372,23 +477,34 @@ async def _frames(
         )
     if offset is None:
         raise WadoError(404, "the instance has no frames")
+    started = time.perf_counter()
     shape = await _shape(ctx, instance)
     try:
         layout = await frame_layout(ctx.store, key, f"{instance.sha256}:{key}", offset, size, shape)
-        bodies = [await read_frame(ctx.store, key, layout, n, shape) for n in numbers]
-    except IndexError as exc:
-        raise WadoError(404, str(exc)) from None
     except ValueError as exc:
         raise WadoError(422, str(exc)) from None
+    # Every frame asked for exists (checked before the disclosure is recorded); the frames
+    # are then read while the audit event is acknowledged.
+    last = shape.frames if layout.bit_offsets else len(layout.frames)
+    if (missing := next((n for n in numbers if n > last), None)) is not None:
+        raise WadoError(404, f"frame {missing} does not exist")
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
+    try:
+        bodies = await _alongside(
+            audited,
+            asyncio.gather(*(read_frame(ctx.store, key, layout, n, shape) for n in numbers)),
+        )
+    except IndexError as exc:
+        raise WadoError(404, str(exc)) from None
+    timing.add("frames", time.perf_counter() - started)
     part_type = media
     suffix = f"; transfer-syntax={syntax if passthrough else ExplicitVRLittleEndian}"
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for body in bodies:
             yield part_type + suffix, _one(body)
 
-    return _multipart(part_type, parts())
+    return _multipart(part_type, parts(), [(part_type + suffix, len(b)) for b in bodies])
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -554,9 +670,51 @@ async def _rendered(
     headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
     if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
         return Response(status_code=304, headers=headers)
-    body, media_type = await render(ctx, one)
+    body, media_type = await _render_cached(ctx, one)
     await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, [instance])
     return Response(body, media_type=media_type, headers=headers)
+
+
+def _is_default_thumbnail(request: RenderRequest) -> bool:
+    return (
+        request.frame == 1
+        and request.media_type is RenderedMediaValues.JPEG
+        and request.quality == THUMBNAIL_QUALITY
+        and request.viewport == THUMBNAIL_VIEWPORT
+        and request.window is None
+    )
+
+
+async def _render_cached(ctx: GatewayContext, request: RenderRequest) -> tuple[bytes, str]:
+    """A rendered image: from this process's cache, the precomputed thumbnail, or render.
+
+    The cache key is the whole render request, content hash included: an image is reused only
+    for the same content and the same parameters.
+    """
+    cached = ctx.rendered.get(request)
+    if cached is not None:
+        timing.add("rendered_cached", 0.0)
+        return cached
+    result: tuple[bytes, str] | None = None
+    if (
+        _is_default_thumbnail(request)
+        and request.study_uid
+        and request.series_uid
+        and request.sop_instance_uid
+    ):
+        key = derived_key(
+            THUMBNAIL_KIND, request.study_uid or "", request.series_uid,
+            request.sop_instance_uid, "jpg",
+        )  # fmt: skip
+        try:
+            with timing.stage("thumbnail_read"):
+                result = (await ctx.store.read(key), RenderedMediaValues.JPEG.value)
+        except ObjectNotFound:
+            result = None  # not precomputed (yet): the render service makes it
+    if result is None:
+        result = await render(ctx, request)
+    ctx.rendered.put(request, *result)
+    return result
 
 
 async def _rendered_many(
@@ -568,11 +726,11 @@ async def _rendered_many(
     instances: Sequence[LocatedInstance],
 ) -> Response:
     """A study or series rendered: each instance's first frame, a few rendered ahead."""
-    first = await render(ctx, requests[0])  # a failure here is still a clean status
+    first = await _render_cached(ctx, requests[0])  # a failure here is still a clean status
     await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, instances)
 
     async def produce(position: int) -> tuple[bytes, str]:
-        return first if position == 0 else await render(ctx, requests[position])
+        return first if position == 0 else await _render_cached(ctx, requests[position])
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         tasks: dict[int, asyncio.Task[tuple[bytes, str]]] = {}

@@ -9,13 +9,22 @@ from krypton.contracts import subjects
 from krypton.contracts.common.v1 import Actor
 from krypton.contracts.index.v1 import LocatedInstance, LocateRequest, LocateResponse
 from krypton.contracts.render.v1 import RenderRequest
-from krypton.contracts.transcode.v1 import TranscodeRequest, TranscodeResponse
+from krypton.contracts.transcode.v1 import INLINE_HEADER, TranscodeRequest, TranscodeResponse
 from krypton.core.logging import get_logger
+from krypton.gateway import timing
 from krypton.gateway.context import GatewayContext
 
-__all__ = ["ServiceUnavailableError", "WadoError", "locate", "render", "transcode"]
+__all__ = [
+    "ServiceUnavailableError",
+    "WadoError",
+    "locate",
+    "render",
+    "transcode",
+    "transcode_inline",
+]
 
 _log = get_logger("krypton.gateway.wado")
+_SEED_MAX = 5000  # most instances of one study/series answer kept per instance
 _UNAVAILABLE = (nats.errors.NoRespondersError, nats.errors.TimeoutError)
 
 
@@ -50,15 +59,35 @@ async def locate(
         WadoError: 404 when nothing matches or the caller may not see it (the same answer).
         ServiceUnavailableError: the index did not answer.
     """
+    cache = ctx.locates
+    key = cache.key(actor, study, series, sop)
+    if key is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            timing.add("locate_cached", 0.0)
+            return cached
+    # Listening before asking: a policy change after this point cannot be missed.
+    await cache.listen(ctx.nc)
+    generation = cache.generation
     request = LocateRequest(actor=actor, study_uid=study, series_uid=series, sop_instance_uid=sop)
     try:
-        reply = await ctx.nc.request(subjects.SVC_INDEX_LOCATE, encode(request), timeout=10.0)
+        with timing.stage("locate"):
+            reply = await ctx.nc.request(subjects.SVC_INDEX_LOCATE, encode(request), timeout=10.0)
     except _UNAVAILABLE as exc:
         _log.warning("index unavailable", error=repr(exc))
         raise ServiceUnavailableError(service="index") from exc
     response = decode(reply.data, LocateResponse)
     if response.status != 200 or not response.instances:
         raise WadoError(404 if response.status in (200, 404) else response.status, "not found")
+    if key is not None:
+        cache.put(key, response.instances, generation)
+    elif len(response.instances) <= _SEED_MAX:
+        # A viewer reads a series' metadata, then each instance's frames: the same access
+        # answer for each of them (access is granted per study), so it is kept per instance.
+        for instance in response.instances:
+            one = cache.key(actor, study, instance.series_uid, instance.sop_instance_uid)
+            if one is not None:
+                cache.put(one, [instance], generation)
     return response.instances
 
 
@@ -71,6 +100,31 @@ async def transcode(
         WadoError: the syntax cannot be produced for this instance (406) or it is gone (404).
         ServiceUnavailableError: the transcode service did not answer.
     """
+    response, _ = await _transcode(ctx, instance, syntax, inline=False)
+    return response
+
+
+async def transcode_inline(
+    ctx: GatewayContext, instance: LocatedInstance, syntax: str
+) -> tuple[TranscodeResponse, bytes | None]:
+    """Like `transcode`, with the bytes when they were made for this request (else None).
+
+    Raises:
+        WadoError: the syntax cannot be produced for this instance (406) or it is gone (404).
+        ServiceUnavailableError: the transcode service did not answer.
+    """
+    return await _transcode(ctx, instance, syntax, inline=True)
+
+
+async def _transcode(
+    ctx: GatewayContext, instance: LocatedInstance, syntax: str, *, inline: bool
+) -> tuple[TranscodeResponse, bytes | None]:
+    """Ask the transcode service; see `transcode`.
+
+    Raises:
+        WadoError: the syntax cannot be produced for this instance (406) or it is gone (404).
+        ServiceUnavailableError: the transcode service did not answer.
+    """
     request = TranscodeRequest(
         object_key=instance.object_key,
         study_uid=instance.study_uid,
@@ -78,18 +132,25 @@ async def transcode(
         sop_instance_uid=instance.sop_instance_uid,
         transfer_syntax_uid=str(syntax),
         source_transfer_syntax_uid=instance.transfer_syntax_uid,
+        inline=inline,
     )
     try:
-        reply = await ctx.nc.request(
-            subjects.SVC_TRANSCODE_INSTANCE, encode(request), timeout=120.0
-        )
+        with timing.stage("transcode"):
+            reply = await ctx.nc.request(
+                subjects.SVC_TRANSCODE_INSTANCE, encode(request), timeout=120.0
+            )
     except _UNAVAILABLE as exc:
         _log.warning("transcode unavailable", error=repr(exc))
         raise ServiceUnavailableError(service="transcode") from exc
-    response = decode(reply.data, TranscodeResponse)
+    described = (reply.headers or {}).get(INLINE_HEADER)
+    data: bytes | None = None
+    if described is not None:
+        response, data = decode(described.encode(), TranscodeResponse), reply.data
+    else:
+        response = decode(reply.data, TranscodeResponse)
     if response.status != 200 or response.object_key is None:
         raise WadoError(response.status, response.reason or "cannot transcode")
-    return response
+    return response, data
 
 
 async def render(ctx: GatewayContext, request: RenderRequest) -> tuple[bytes, str]:
@@ -100,7 +161,8 @@ async def render(ctx: GatewayContext, request: RenderRequest) -> tuple[bytes, st
         ServiceUnavailableError: the render service did not answer.
     """
     try:
-        reply = await ctx.nc.request(subjects.SVC_RENDER_FRAME, encode(request), timeout=60.0)
+        with timing.stage("render"):
+            reply = await ctx.nc.request(subjects.SVC_RENDER_FRAME, encode(request), timeout=60.0)
     except _UNAVAILABLE as exc:
         _log.warning("render unavailable", error=repr(exc))
         raise ServiceUnavailableError(service="render") from exc

@@ -26,7 +26,7 @@ from krypton.bus.service import run_service
 from krypton.contracts import subjects
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.contracts.render.v1 import RenderRequest
-from krypton.contracts.transcode.v1 import TranscodeRequest
+from krypton.contracts.transcode.v1 import INLINE_HEADER, INLINE_MAX_BYTES, TranscodeRequest
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.render.settings import RenderSettings
@@ -55,6 +55,7 @@ def build_app(
             cache_bytes=policy.cache_bytes,
             precompute_htj2k=policy.precompute_htj2k,
             precompute_thumbnail=policy.precompute_thumbnail,
+            precompute_metadata=policy.precompute_metadata,
         )
         state["worker"] = worker
         register_cache("render_image", lambda: (worker.cache.hits, worker.cache.misses))
@@ -78,7 +79,7 @@ def build_app(
             batch=policy.precompute_batch,
             ack_wait=120.0,  # a batch of large instances takes a while to transcode
         )
-        if policy.precompute_htj2k or policy.precompute_thumbnail:
+        if policy.precompute_htj2k or policy.precompute_thumbnail or policy.precompute_metadata:
             await consumer.start()
         _log.info("render ready")
         try:
@@ -99,8 +100,18 @@ def build_app(
         return NatsResponse(result.body, headers=headers)
 
     @broker.subscriber(subjects.SVC_TRANSCODE_INSTANCE, queue="transcode")
-    async def on_transcode(request: TranscodeRequest) -> bytes:
-        return encode(await state["worker"].transcode(request))
+    async def on_transcode(request: TranscodeRequest) -> NatsResponse:
+        # One return type (FastStream refuses a union with a custom type): the JSON response
+        # as the body, or the bytes as the body and the response in a header.
+        worker = state["worker"]
+        if not request.inline:
+            return NatsResponse(encode(await worker.transcode(request)))
+        response, data = await worker.transcode_inline(request)
+        if data is None or len(data) > INLINE_MAX_BYTES:
+            if data is not None:  # too big to ride the reply: answer once it is stored
+                response = await worker.transcode(request)
+            return NatsResponse(encode(response))
+        return NatsResponse(data, headers={INLINE_HEADER: encode(response).decode()})
 
     return FastStream(broker, lifespan=lifespan), broker
 

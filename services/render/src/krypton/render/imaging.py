@@ -8,7 +8,7 @@ palette colour goes through its lookup tables. Deeper-than-8-bit values are scal
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +86,33 @@ def _scale_colour(arr: NDArray[np.generic], bits: int) -> NDArray[np.uint8]:
     return np.minimum(scaled, 255).astype(np.uint8)
 
 
+def _windowed_by_lut(
+    arr: NDArray[np.generic], ds: Dataset, window: Window
+) -> NDArray[np.uint8] | None:
+    """Modality LUT and window of integer pixels through one lookup table, or None.
+
+    The same functions run on every stored value from the frame's minimum to its maximum
+    instead of on every pixel, then each pixel looks its display value up: the result is
+    identical, and a 512x512 CT frame costs a table of its value range (a few thousand
+    entries) instead of four float passes over 262,144 pixels. Not for float pixels or
+    when the value range is larger than the frame.
+    """
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or arr.size == 0:
+        return None
+    # Unsigned pixels index a table from 0 directly; signed ones are shifted to start at 0.
+    low = 0 if arr.dtype.kind == "u" else int(arr.min())
+    high = int(arr.max())
+    if high - low + 1 > max(arr.size, 4096):
+        return None
+    levels = np.arange(low, high + 1, dtype=arr.dtype)
+    values = np.asarray(apply_modality_lut(levels, ds), dtype=np.float64)
+    lut = _to_uint8(_apply_window(values, window))
+    index: NDArray[np.integer[Any]] = (
+        np.asarray(arr, dtype=arr.dtype) if low == 0 else np.subtract(arr, low, dtype=np.int32)
+    )
+    return np.asarray(np.take(lut, index), dtype=np.uint8)
+
+
 def to_display(arr: NDArray[np.generic], ds: Dataset, window: Window | None) -> NDArray[np.uint8]:
     """Turn one decoded frame into 8-bit display values (H, W) or (H, W, 3).
 
@@ -102,9 +129,11 @@ def to_display(arr: NDArray[np.generic], ds: Dataset, window: Window | None) -> 
         return _scale_colour(rgb, entry_bits)
     if arr.ndim == 3:
         return _scale_colour(arr, bits_stored)
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     if window is None:
         window = voi_window(ds)
+    if window is not None and (display := _windowed_by_lut(arr, ds, window)) is not None:
+        return 255 - display if photometric == "MONOCHROME1" else display
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     if window is not None:
         out = _apply_window(values, window)
     elif "VOILUTSequence" in ds:

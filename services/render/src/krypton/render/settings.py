@@ -18,5 +18,6 @@ class RenderSettings(BaseSettings):
 
     precompute_htj2k: bool = True
     precompute_thumbnail: bool = True
+    precompute_metadata: bool = True  # the WADO-RS metadata JSON the gateway serves
     precompute_batch: int = 16
     cache_bytes: int = 256 * 1024**2

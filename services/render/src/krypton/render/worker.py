@@ -20,12 +20,14 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 from pydicom.uid import UID, HTJ2KLossless
 
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.contracts.render.v1 import (
+    THUMBNAIL_KIND,
     THUMBNAIL_QUALITY,
     THUMBNAIL_VIEWPORT,
     RenderedMediaValues,
@@ -35,6 +37,7 @@ from krypton.contracts.transcode.v1 import TranscodeRequest, TranscodeResponse
 from krypton.core.logging import get_logger
 from krypton.dicom.codecs import DECODABLE, NATIVE
 from krypton.dicom.header import read_header
+from krypton.dicom.metadata import build_metadata, metadata_key
 from krypton.dicom.pixels import DecodeError, decode_frame, transcode
 from krypton.render.encode import encode_image
 from krypton.render.imaging import fit_viewport, to_display
@@ -45,7 +48,6 @@ from krypton.storage.keys import derived_key
 __all__ = ["PRECOMPUTE_HTJ2K_FROM", "RenderCache", "RenderResult", "Worker", "thumbnail_request"]
 
 _log = get_logger("krypton.render")
-_THUMBNAIL_KIND = "thumbnail-v1"
 
 #: Originals of which the HTJ2K lossless copy is made (the issue's policy): uncompressed and
 #: JPEG 2000 (lossless and lossy: the copy is lossless of the decoded pixels).
@@ -140,16 +142,21 @@ class Worker:
         concurrency: int = 0,
         precompute_htj2k: bool = True,
         precompute_thumbnail: bool = True,
+        precompute_metadata: bool = True,
     ) -> None:
         """Use `store`; `concurrency` 0 means one decoding thread per core.
 
-        `precompute_htj2k` and `precompute_thumbnail` are the ingest-time policy.
+        `precompute_htj2k`, `precompute_thumbnail` and `precompute_metadata` are the
+        ingest-time policy.
         """
+        self.precompute_metadata = precompute_metadata
         self.store = store
         self.precompute_htj2k = precompute_htj2k
         self.precompute_thumbnail = precompute_thumbnail
         self.cache = RenderCache(cache_bytes)
         self._slots = asyncio.Semaphore(concurrency or os.cpu_count() or 2)
+        # Transcoded objects being written after their bytes were answered, by key.
+        self._keeping: dict[str, asyncio.Task[TranscodeResponse]] = {}
 
     async def _source(self, key: str) -> bytes | Path:
         """The instance as a local file when the store has one, else its bytes."""
@@ -199,36 +206,86 @@ class Worker:
 
     async def transcode(self, request: TranscodeRequest) -> TranscodeResponse:
         """Write the instance in the wanted syntax as a derived object (once) and name it."""
+        response, _ = await self.transcode_inline(request)
+        keeping = self._keeping.get(response.object_key or "")
+        if keeping is not None:
+            return await asyncio.shield(keeping)
+        return response
+
+    async def transcode_inline(
+        self, request: TranscodeRequest
+    ) -> tuple[TranscodeResponse, bytes | None]:
+        """The derived object's description, and its bytes when this call just made them.
+
+        Bytes just made are written to the store in the background (`_keep`): the caller can
+        serve them at once, without waiting for the durable write nor reading them back.
+        """
         wanted = request.transfer_syntax_uid
         uids = (request.study_uid, request.series_uid, request.sop_instance_uid)
         target = _transcoded_key(wanted, *uids)
+        keeping = self._keeping.get(target)
+        if keeping is not None:  # made a moment ago, still being written
+            return await asyncio.shield(keeping), None
         sidecar = _sidecar(target)
-        if await self.store.exists(sidecar):
+        try:
             # Written after the object: its presence means the object is complete.
-            known = msgspec.json.decode(await self.store.read(sidecar), type=TranscodeResponse)
-            return known
+            known = await self.store.read(sidecar)
+        except ObjectNotFound:
+            pass
+        else:
+            return msgspec.json.decode(known, type=TranscodeResponse), None
         try:
             source = await self._best_source(
                 request.object_key, request.source_transfer_syntax_uid, uids
             )
         except ObjectNotFound:
-            return TranscodeResponse(status=404, reason="instance not found")
+            return TranscodeResponse(status=404, reason="instance not found"), None
         async with self._slots:
             try:
-                data = await asyncio.to_thread(transcode, source, wanted)
+                data, offset = await asyncio.to_thread(_transcode, source, wanted)
             except DecodeError as exc:
-                return TranscodeResponse(status=406, reason=str(exc))
-        stored = await self.store.put_bytes(target, data)
-        header = await asyncio.to_thread(read_header, data)
+                return TranscodeResponse(status=406, reason=str(exc)), None
         response = TranscodeResponse(
-            status=200,
-            object_key=target,
-            size=stored.size,
-            pixel_data_offset=header.pixel_data_offset,
+            status=200, object_key=target, size=len(data), pixel_data_offset=offset
         )
+        task = asyncio.create_task(self._keep(target, sidecar, data, response))
+        self._keeping[target] = task
+        task.add_done_callback(lambda done: self._kept(target, done))
+        _log.debug("transcoded", sop=request.sop_instance_uid, syntax=wanted, size=len(data))
+        return response, data
+
+    def _kept(self, target: str, task: asyncio.Task[TranscodeResponse]) -> None:
+        self._keeping.pop(target, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # The bytes were answered; the next request transcodes again.
+            _log.warning("transcoded object not kept", key=target, error=repr(error))
+
+    async def _keep(
+        self, target: str, sidecar: str, data: bytes, response: TranscodeResponse
+    ) -> TranscodeResponse:
+        """Write a transcoded instance, then its sidecar (which says the object is complete)."""
+        await self.store.put_bytes(target, data)
         await self.store.put_bytes(sidecar, msgspec.json.encode(response))
-        _log.debug("transcoded", sop=request.sop_instance_uid, syntax=wanted, size=stored.size)
         return response
+
+    async def _precompute_metadata(self, event: InstanceStored) -> None:
+        """The instance's WADO-RS metadata JSON, as the gateway would compute it on first read."""
+        key = metadata_key(
+            event.study.study_uid, event.series.series_uid, event.instance.sop_instance_uid
+        )
+        if await self.store.exists(key):
+            return
+        try:
+            source = await self._source(event.object_key)
+            body = await asyncio.to_thread(_metadata, source, event)
+        except ObjectNotFound:
+            return
+        except Exception as exc:  # the gateway computes it on first read instead
+            _log.info(
+                "no metadata precomputed", sop=event.instance.sop_instance_uid, error=repr(exc)
+            )
+            return
+        await self.store.put_bytes(key, body)
 
     async def precompute(self, event: InstanceStored) -> None:
         """Make what a viewer needs first: the thumbnail and, by policy, the HTJ2K copy.
@@ -238,6 +295,8 @@ class Worker:
         """
         inst = event.instance
         syntax = inst.transfer_syntax_uid
+        if self.precompute_metadata:
+            await self._precompute_metadata(event)
         if inst.rows is None or UID(syntax) not in DECODABLE:
             return  # no pixels, or nothing the codecs read
         uids = (event.study.study_uid, event.series.series_uid, inst.sop_instance_uid)
@@ -268,6 +327,23 @@ class Worker:
                 await self.store.put_bytes(_thumbnail_key(*uids), rendered.body)
 
 
+def _metadata(source: bytes | Path, event: InstanceStored) -> bytes:
+    def build(header: bytes | BinaryIO) -> bytes:
+        return build_metadata(
+            header,
+            study_uid=event.study.study_uid,
+            series_uid=event.series.series_uid,
+            sop_instance_uid=event.instance.sop_instance_uid,
+            transfer_syntax_uid=event.instance.transfer_syntax_uid,
+            has_pixel_data=event.pixel_data_offset is not None,
+        )
+
+    if isinstance(source, bytes):
+        return build(source)
+    with source.open("rb") as file:
+        return build(file)
+
+
 def _uids(study: str | None, series: str | None, sop: str | None) -> tuple[str, str, str] | None:
     if study is None or series is None or sop is None:
         return None
@@ -287,7 +363,13 @@ def _sidecar(key: str) -> str:
 
 
 def _thumbnail_key(study: str, series: str, sop: str) -> str:
-    return derived_key(_THUMBNAIL_KIND, study, series, sop, "jpg")
+    return derived_key(THUMBNAIL_KIND, study, series, sop, "jpg")
+
+
+def _transcode(source: bytes | Path, wanted: str) -> tuple[bytes, int | None]:
+    """The instance in `wanted`, and the offset of its Pixel Data tag (one thread hop)."""
+    data = transcode(source, wanted)
+    return data, read_header(data).pixel_data_offset
 
 
 def _render(source: bytes | Path, request: RenderRequest) -> bytes:

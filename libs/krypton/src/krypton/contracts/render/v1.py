@@ -12,6 +12,7 @@ import enum
 import msgspec
 
 __all__ = [
+    "THUMBNAIL_KIND",
     "THUMBNAIL_QUALITY",
     "THUMBNAIL_VIEWPORT",
     "RenderRequest",
@@ -24,6 +25,9 @@ __all__ = [
 #: 128x128 at quality 75. The render service precomputes exactly this one at ingest.
 THUMBNAIL_VIEWPORT: tuple[int, int] = (128, 128)
 THUMBNAIL_QUALITY = 75
+#: The derived-object kind (`krypton.storage.keys.derived_key`) of the precomputed thumbnail:
+#: the gateway serves it straight from the object store, the render service writes it.
+THUMBNAIL_KIND = "thumbnail-v1"
 
 
 class RenderedMediaValues(enum.StrEnum):
