@@ -52,10 +52,11 @@ def test_each_subject_is_owned_by_the_service_the_architecture_names() -> None:
     assert sub(subjects.SVC_INDEX_QIDO) == sub(subjects.SVC_INDEX_LOCATE) == {"index"}
     assert sub(subjects.SVC_RENDER_FRAME) == sub(subjects.SVC_TRANSCODE_INSTANCE) == {"render"}
     assert sub(subjects.SVC_AUDIT_QUERY) == {"audit"}
-    # Only the gateway sends requests to the services; nobody but authorize hears policy.
+    # Only the gateway sends requests to the services; policy changes reach authorize and the
+    # gateway (which empties its locate cache on each), nobody else.
     for request in (subjects.SVC_INDEX_QIDO, subjects.SVC_RENDER_FRAME, subjects.SVC_AUDIT_QUERY):
         assert pub(request) == {"gateway"}
-    assert sub(f"{subjects.POLICY_CHANGED}.>") == {"authorize"}
+    assert sub(f"{subjects.POLICY_CHANGED}.>") == {"authorize", "gateway"}
 
 
 def test_no_service_reads_another_ones_inbox_or_binds_another_ones_consumer() -> None:

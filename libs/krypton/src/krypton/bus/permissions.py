@@ -91,6 +91,8 @@ PERMISSIONS: Mapping[str, ServicePermissions] = {
             f"{subjects.SVC_AUTHZ}.>",
             subjects.SVC_AUDIT_QUERY,
         ],
+        # Policy changes empty the gateway's locate cache (wado_cache.LocateCache).
+        [f"{subjects.POLICY_CHANGED}.>"],
     ),
     "ingest": _perms(
         "ingest",
