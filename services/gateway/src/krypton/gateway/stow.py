@@ -38,7 +38,7 @@ from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.storage.base import ObjectInfo
-from krypton.storage.fs import FileSystemStore, VolatileWriter
+from krypton.storage.fs import FileSystemStore, VolatileWriter, boot_id
 from krypton.storage.keys import staging_key
 
 __all__ = ["store_instances"]
@@ -323,6 +323,8 @@ async def _hand_over(
     assert structure is not None
     subject = subjects.ingest_received(structure)
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    # Parts staged without fsync (filesystem store) carry the boot they were written in.
+    staged_boot = boot_id() if isinstance(ctx.store, FileSystemStore) else None
     published: list[_Staged] = []
     publishes = []
     for item in staged:
@@ -338,6 +340,7 @@ async def _hand_over(
             expected_study_uid=study_uid,
             reply_to=ctx.waiter.reply_to(item.upload_id),
             request_id=request_id,
+            staged_boot_id=staged_boot,
         )
         item.verdict = ctx.waiter.expect(item.upload_id)
         published.append(item)

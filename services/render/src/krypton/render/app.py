@@ -54,6 +54,7 @@ def build_app(
             cache_bytes=policy.cache_bytes,
             precompute_htj2k=policy.precompute_htj2k,
             precompute_thumbnail=policy.precompute_thumbnail,
+            precompute_nice=policy.precompute_nice,
         )
         state["worker"] = worker
         nc = await connect(settings.nats_url, "render-consumer")
@@ -84,6 +85,7 @@ def build_app(
         finally:
             await consumer.stop()
             await nc.close()
+            worker.close()
             await store.close()
 
     @broker.subscriber(subjects.SVC_RENDER_FRAME, queue="render")

@@ -11,15 +11,27 @@ thumbnail request, and, by policy, an HTJ2K lossless copy of uncompressed and JP
 instances. Render and transcode start from that copy when the original is compressed (its
 HTJ2K decode takes 1.6 ms for a 512x512 frame against 25-30 ms for JPEG 2000); an uncompressed
 original is read as it is, which is faster still. The original bytes are never touched.
+
+Precompute is background work and must not slow ingest down: its decoding and encoding run in
+a thread pool of its own, one thread whose scheduling priority is lowered (`precompute_nice`,
+19 by default: the Linux nice value of that thread only, not of the process). Under an ingest
+burst the CPU goes to the gateway, ingest and index first and precompute catches up when they
+are idle; on an idle machine it runs at full speed. It does not take the slots of live render
+and transcode requests either, so a starved precompute never holds a viewer back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from pydicom.uid import UID, HTJ2KLossless
@@ -45,6 +57,7 @@ from krypton.storage.keys import derived_key
 __all__ = ["PRECOMPUTE_HTJ2K_FROM", "RenderCache", "RenderResult", "Worker", "thumbnail_request"]
 
 _log = get_logger("krypton.render")
+_R = TypeVar("_R")
 _THUMBNAIL_KIND = "thumbnail-v1"
 
 #: Originals of which the HTJ2K lossless copy is made (the issue's policy): uncompressed and
@@ -135,16 +148,29 @@ class Worker:
         concurrency: int = 0,
         precompute_htj2k: bool = True,
         precompute_thumbnail: bool = True,
+        precompute_nice: int = 19,
     ) -> None:
         """Use `store`; `concurrency` 0 means one decoding thread per core.
 
-        `precompute_htj2k` and `precompute_thumbnail` are the ingest-time policy.
+        `precompute_htj2k` and `precompute_thumbnail` are the ingest-time policy;
+        `precompute_nice` the nice value added to the precompute thread (0: same priority as
+        live requests).
         """
         self.store = store
         self.precompute_htj2k = precompute_htj2k
         self.precompute_thumbnail = precompute_thumbnail
         self.cache = RenderCache(cache_bytes)
         self._slots = asyncio.Semaphore(concurrency or os.cpu_count() or 2)
+        self._background = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="precompute",
+            initializer=_lower_priority,
+            initargs=(precompute_nice,),
+        )
+
+    def close(self) -> None:
+        """Stop the precompute thread (a precompute in progress finishes first)."""
+        self._background.shutdown(wait=True, cancel_futures=True)
 
     async def _source(self, key: str) -> bytes | Path:
         """The instance as a local file when the store has one, else its bytes."""
@@ -168,6 +194,16 @@ class Worker:
 
     async def render(self, request: RenderRequest) -> RenderResult:
         """Render one frame as JPEG or PNG (from the cache when it was rendered before)."""
+        return await self._render(request, background=False)
+
+    async def _compute(self, background: bool, fn: Callable[..., _R], *args: object) -> _R:
+        """Run CPU-bound `fn` in a live slot, or in the low-priority precompute thread."""
+        if background:
+            return await asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
+        async with self._slots:
+            return await asyncio.to_thread(fn, *args)
+
+    async def _render(self, request: RenderRequest, *, background: bool) -> RenderResult:
         cached = self.cache.get(request)
         if cached is not None:
             return RenderResult(200, cached, request.media_type.value)
@@ -184,16 +220,18 @@ class Worker:
             source = await self._best_source(request.object_key, request.transfer_syntax_uid, uids)
         except ObjectNotFound:
             return RenderResult(404, reason="instance not found")
-        async with self._slots:
-            try:
-                body = await asyncio.to_thread(_render, source, request)
-            except DecodeError as exc:
-                return RenderResult(422, reason=str(exc))
+        try:
+            body = await self._compute(background, _render, source, request)
+        except DecodeError as exc:
+            return RenderResult(422, reason=str(exc))
         self.cache.put(request, body)
         return RenderResult(200, body, request.media_type.value)
 
     async def transcode(self, request: TranscodeRequest) -> TranscodeResponse:
         """Write the instance in the wanted syntax as a derived object (once) and name it."""
+        return await self._transcode(request, background=False)
+
+    async def _transcode(self, request: TranscodeRequest, *, background: bool) -> TranscodeResponse:
         wanted = request.transfer_syntax_uid
         uids = (request.study_uid, request.series_uid, request.sop_instance_uid)
         target = _transcoded_key(wanted, *uids)
@@ -208,13 +246,12 @@ class Worker:
             )
         except ObjectNotFound:
             return TranscodeResponse(status=404, reason="instance not found")
-        async with self._slots:
-            try:
-                data = await asyncio.to_thread(transcode, source, wanted)
-            except DecodeError as exc:
-                return TranscodeResponse(status=406, reason=str(exc))
+        try:
+            data = await self._compute(background, transcode, source, wanted)
+        except DecodeError as exc:
+            return TranscodeResponse(status=406, reason=str(exc))
         stored = await self.store.put_bytes(target, data)
-        header = await asyncio.to_thread(read_header, data)
+        header = await self._compute(background, read_header, data)
         response = TranscodeResponse(
             status=200,
             object_key=target,
@@ -237,7 +274,7 @@ class Worker:
             return  # no pixels, or nothing the codecs read
         uids = (event.study.study_uid, event.series.series_uid, inst.sop_instance_uid)
         if self.precompute_htj2k and UID(syntax) in PRECOMPUTE_HTJ2K_FROM:
-            result = await self.transcode(
+            result = await self._transcode(
                 TranscodeRequest(
                     object_key=event.object_key,
                     study_uid=uids[0],
@@ -245,7 +282,8 @@ class Worker:
                     sop_instance_uid=uids[2],
                     transfer_syntax_uid=HTJ2KLossless,
                     source_transfer_syntax_uid=syntax,
-                )
+                ),
+                background=True,
             )
             if result.status != 200:
                 _log.info("no HTJ2K copy", sop=uids[2], reason=result.reason)
@@ -258,9 +296,17 @@ class Worker:
                 sop_instance_uid=uids[2],
                 transfer_syntax_uid=syntax,
             )
-            rendered = await self.render(request)
+            rendered = await self._render(request, background=True)
             if rendered.status == 200:
                 await self.store.put_bytes(_thumbnail_key(*uids), rendered.body)
+
+
+def _lower_priority(nice: int) -> None:
+    """Thread initializer: lower this thread's scheduling priority by `nice` (Linux: per thread)."""
+    if nice > 0:
+        # Not fatal where threads cannot be reniced (another OS, a locked-down container).
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def _uids(study: str | None, series: str | None, sop: str | None) -> tuple[str, str, str] | None:
