@@ -99,7 +99,7 @@ class _AtomicWriter:
         self._done = False
         self._lock = threading.Lock()
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             self._file.write(data)
             # hashlib releases the GIL on large buffers, so hashing here keeps the loop free.
@@ -142,7 +142,7 @@ class VolatileWriter:
         self._writer = _AtomicWriter(path, durable=False)
         self._key = key
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data`."""
         self._writer.write(data)
 

@@ -80,7 +80,7 @@ class _PartSink:
         while (chunk := await self.queue.get()) is not None:
             yield chunk
 
-    async def feed(self, data: bytes) -> None:
+    async def feed(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.limit:
             raise PartTooLargeError
@@ -90,7 +90,7 @@ class _PartSink:
         assert self.task is not None
         if self.task.done():  # the store failed: surface its error now
             await self.task
-        await self.queue.put(data)
+        await self.queue.put(bytes(data))
 
     async def finish(self) -> ObjectInfo:
         if self.writer is not None:
@@ -154,7 +154,9 @@ class _MultipartReader:
         self.events.append(("headers", dict(self._headers)))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        self.events.append(("data", bytes(data[start:end])))
+        # A view, not a copy: python-multipart passes the (immutable) chunk given to `write`
+        # or its own boundary bytes, and the events are used before the next chunk anyway.
+        self.events.append(("data", memoryview(data)[start:end]))
 
     def _part_end(self) -> None:
         self.events.append(("end", None))

@@ -186,9 +186,34 @@ class IngestPipeline:
     async def _examine_all(
         self, events: Sequence[IngestReceived]
     ) -> list[InstanceStored | Exception]:
-        return _settled(
-            await asyncio.gather(*(self._examine(e) for e in events), return_exceptions=True)
-        )
+        """Examine each upload; per upload what it holds, or the error that refuses it."""
+        if not events or not isinstance(self._store, FileSystemStore):
+            return _settled(
+                await asyncio.gather(*(self._examine(e) for e in events), return_exceptions=True)
+            )
+        # Local files: the whole batch is read in one thread hop (a hop per file costs more
+        # than reading a cached file), then parsed here (parsing holds the GIL anyway).
+        this_boot = boot_id()
+        jobs = [
+            (
+                self._store.local_path(e.staging_key),
+                e,
+                # Same boot as the staging write: the page cache holds what the gateway hashed.
+                e.staged_boot_id is None or e.staged_boot_id != this_boot,
+            )
+            for e in events
+        ]
+        contents = await asyncio.to_thread(_read_many, jobs)
+        out: list[InstanceStored | Exception] = []
+        for event, data in zip(events, contents, strict=True):
+            if isinstance(data, Exception):
+                out.append(data)
+                continue
+            try:
+                out.append(await self._parse(event, data))
+            except Exception as exc:  # a verdict for this upload alone, as with gather
+                out.append(exc)
+        return out
 
     async def _sync(self, keys: Sequence[str]) -> list[Exception | None]:
         if not keys or not isinstance(self._store, FileSystemStore):
@@ -198,9 +223,11 @@ class IngestPipeline:
     async def _examine(self, event: IngestReceived) -> InstanceStored:
         """Check the staged bytes, parse the header and extract what the platform keeps."""
         path = self._store.local_path(event.staging_key)
-        # Same boot as the staging write: the page cache holds what the gateway hashed.
-        verify = event.staged_boot_id is None or event.staged_boot_id != boot_id()
-        data = None if path is None else await asyncio.to_thread(_read_local, path, event, verify)
+        data = None if path is None else await asyncio.to_thread(_read_local, path, event, True)
+        return await self._parse(event, data)
+
+    async def _parse(self, event: IngestReceived, data: bytes | None) -> InstanceStored:
+        """Parse the header (from `data`, else read from the store) and extract the attributes."""
         if data is not None:
             header = read_header(data, max_header_bytes=_MAX_HEADER)
         else:
@@ -518,6 +545,22 @@ def _settled(outcomes: Sequence[_T | BaseException]) -> list[_T | Exception]:
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
             raise outcome
         out.append(outcome)
+    return out
+
+
+def _read_many(
+    jobs: Sequence[tuple[os.PathLike[str] | None, IngestReceived, bool]],
+) -> list[bytes | Exception | None]:
+    """`_read_local` for each `(path, event, verify)`, in one worker thread; errors returned."""
+    out: list[bytes | Exception | None] = []
+    for path, event, verify in jobs:
+        if path is None:
+            out.append(None)
+            continue
+        try:
+            out.append(_read_local(path, event, verify))
+        except Exception as exc:
+            out.append(exc)
     return out
 
 
