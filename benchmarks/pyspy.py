@@ -3,8 +3,8 @@
 ``py-spy`` (``uv pip install py-spy``; not a project dependency) samples a running process from
 outside, without changing it. `Profiler` records each process of the given groups while a
 benchmark runs (collapsed stacks, ``-f raw``), and `breakdown` turns a recording into where the
-time went: the share of samples whose stack contains each category's marker (inclusive), and
-the hottest leaf frames (self time). Only samples of threads that were running count (py-spy's
+time went: the share of samples per category (the deepest frame of a stack that matches a
+category's marker decides), and the hottest leaf frames (self time). Only samples of threads that were running count (py-spy's
 default idle filter), so the shares are of CPU time, not of wall time.
 
     .venv/bin/python benchmarks/ingest.py --instances 1000 --profile results/profile
@@ -22,27 +22,28 @@ from typing import Any
 
 __all__ = ["CATEGORIES", "Profiler", "breakdown", "pyspy_available"]
 
-# Where the time goes, by stack marker: the first category whose marker appears in a stack
-# takes that sample (so the order matters: the most specific first).
+# Where the time goes: a sample belongs to the category of the deepest frame (nearest the leaf)
+# that contains one of its markers; py-spy writes frames as ``function (package/file.py:line)``.
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "sha256": ("sha256", "hexdigest", "file_digest", "(hashlib"),
-    "fsync": ("fsync", "_fsync_"),
-    "file write": ("write (krypton/storage/fs.py", "_put_whole", "VolatileWriter.write"),
-    "file read": ("_read_local", "read (krypton/storage/fs.py"),
-    "rename": ("move_many", "move_all", "replace"),
-    "multipart": ("python_multipart", "_MultipartReader", "_part_data"),
-    "dicom header": ("read_header", "dcmread", "pydicom/filereader"),
-    "dicom extract": ("extract (krypton/dicom/extract", "krypton/dicom/identity"),
-    "render": ("krypton/render", "pydicom/pixels", "simplejpeg", "imagecodecs"),
-    "audit": ("krypton/audit", "audit_emit"),
-    "jwt": ("jwt", "security.py", "cryptography"),
-    "json/msgspec": ("msgspec", "json", "encode (krypton/bus/codec", "decode (krypton/bus/codec"),
-    "postgres (asyncpg)": ("asyncpg",),
-    "nats": ("nats/", "nats.aio", "nats.js"),
-    "http (uvicorn/starlette)": ("uvicorn", "starlette", "fastapi", "httptools", "h11"),
-    "http client": ("httpx", "httpcore"),
-    "logging": ("structlog", "logging/"),
-    "asyncio loop": ("asyncio", "uvloop", "selectors", "run_forever", "_run_once"),
+    "sha256": ("sha256", "hexdigest", "file_digest", "_hashlib"),
+    "fsync": ("_fsync_file", "_fsync_dir", "fsync"),
+    "file write": ("_AtomicWriter.", "VolatileWriter.", "_put_whole", "mkstemp"),
+    "file read": ("_read_local", "_read_many", "FileSystemStore.read", "FileSystemStore.stream"),
+    "rename": ("move_all", "move_many", "_makedirs_durable", "FileSystemStore.move"),
+    "multipart": ("python_multipart", "_MultipartReader"),
+    "dicom header": ("(dicom/header.py", "pydicom/filereader"),
+    "dicom extract": ("(dicom/extract.py", "(dicom/identity.py", "(dicom/_values.py"),
+    "render": ("(render/", "(dicom/pixels.py", "pydicom/pixels", "numpy/", "PIL/"),
+    "postgres (asyncpg)": ("asyncpg/",),
+    "nats": ("nats/",),
+    "token check": ("(auth/", "jwt/", "cryptography/", "authenticate (gateway/security.py"),
+    "audit": ("(gateway/audit_emit.py", "(audit/"),
+    "json/msgspec": ("msgspec", "(bus/codec.py", "json/"),
+    "logging": ("structlog/", "logging/"),
+    "http server": ("uvicorn/", "starlette/", "fastapi/", "httptools"),
+    "http client": ("httpx/", "httpcore/"),
+    "thread pool": ("concurrent/futures", "asyncio/threads.py"),
+    "event loop": ("asyncio/", "uvloop", "selectors"),
 }
 
 
@@ -110,12 +111,7 @@ def breakdown(path: Path, top: int = 12) -> dict[str, Any]:
         total += count
         frames = stack.split(";")
         leaves[frames[-1]] += count
-        for name, markers in CATEGORIES.items():
-            if any(marker in stack for marker in markers):
-                categories[name] += count
-                break
-        else:
-            categories["other"] += count
+        categories[_category(frames)] += count
     share = {n: round(100 * c / total, 1) for n, c in categories.most_common()} if total else {}
     return {
         "samples": total,
@@ -124,3 +120,12 @@ def breakdown(path: Path, top: int = 12) -> dict[str, Any]:
         if total
         else [],
     }
+
+
+def _category(frames: list[str]) -> str:
+    """The category of the deepest frame that names one, else "other"."""
+    for frame in reversed(frames):
+        for name, markers in CATEGORIES.items():
+            if any(marker in frame for marker in markers):
+                return name
+    return "other"
