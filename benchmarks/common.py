@@ -27,6 +27,7 @@ import psutil
 __all__ = [
     "RESULTS_DIR",
     "ProcessSampler",
+    "SystemCpu",
     "free_orthanc_ports",
     "git_commit",
     "machine",
@@ -238,7 +239,11 @@ class _Group:
     with_children: bool
     cpu_by_pid: dict[int, float] = field(default_factory=dict)  # last seen cpu seconds
     cpu_total: float = 0.0
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    user_by_pid: dict[int, float] = field(default_factory=dict)
     peak_rss: int = 0
+    hwm_by_pid: dict[int, int] = field(default_factory=dict)  # VmHWM: the kernel's own peak
     timeline: list[float] = field(default_factory=list)  # CPU % per sample
 
 
@@ -275,6 +280,7 @@ class ProcessSampler:
         previous = self.times[-1] if self.times else self._start
         for group in self.groups.values():
             spent = 0.0
+            user = 0.0
             rss = 0
             for proc in self._members(group):
                 try:
@@ -283,15 +289,25 @@ class ProcessSampler:
                         rss += proc.memory_info().rss
                 except psutil.Error:
                     continue
+                hwm = _vm_hwm(proc.pid)
+                if hwm is not None:
+                    group.hwm_by_pid[proc.pid] = max(group.hwm_by_pid.get(proc.pid, 0), hwm)
                 seconds = times.user + times.system
                 before = group.cpu_by_pid.get(proc.pid)
+                before_user = group.user_by_pid.get(proc.pid)
                 # A process first seen mid-run counts from zero: its whole life is in the run.
                 spent += seconds - (
                     before if before is not None else (seconds if not record else 0.0)
                 )
+                user += times.user - (
+                    before_user if before_user is not None else (times.user if not record else 0.0)
+                )
                 group.cpu_by_pid[proc.pid] = seconds
+                group.user_by_pid[proc.pid] = times.user
             if record:
                 group.cpu_total += spent
+                group.cpu_user += user
+                group.cpu_system += spent - user
                 group.timeline.append(100 * spent / max(now - previous, 1e-6))
             group.peak_rss = max(group.peak_rss, rss)
         if record:
@@ -318,15 +334,24 @@ class ProcessSampler:
         self._stop = time.monotonic()
 
     def report(self) -> dict[str, dict[str, float]]:
-        """Per group: CPU seconds, mean and peak CPU %, peak RSS in MiB."""
+        """Per group: CPU seconds (user, system), mean and peak CPU %, peak RSS in MiB.
+
+        ``peak_rss_mib`` is the largest sampled sum over the group; ``max_hwm_mib`` is the
+        largest ``VmHWM`` (the kernel's exact peak resident set) of any one process of the
+        group, i.e. the peak memory of one service process (one replica).
+        """
         wall = max(self._stop - self._start, 1e-6)
         out = {}
         for name, group in self.groups.items():
             out[name] = {
                 "cpu_seconds": round(group.cpu_total, 2),
+                "cpu_user_seconds": round(group.cpu_user, 2),
+                "cpu_system_seconds": round(group.cpu_system, 2),
                 "cpu_mean_pct": round(100 * group.cpu_total / wall, 1),
                 "cpu_peak_pct": round(max(group.timeline, default=0.0), 1),
                 "peak_rss_mib": round(group.peak_rss / 1024**2, 1),
+                "max_hwm_mib": round(max(group.hwm_by_pid.values(), default=0) / 1024**2, 1),
+                "processes": len(group.hwm_by_pid),
             }
         return out
 
@@ -336,6 +361,58 @@ class ProcessSampler:
             "t": [round(t - self._start, 2) for t in self.times],
             "cpu_pct": {n: [round(v, 1) for v in g.timeline] for n, g in self.groups.items()},
         }
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """A process's peak resident set in bytes (``VmHWM`` of ``/proc/<pid>/status``), Linux only."""
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class SystemCpu:
+    """Machine-wide CPU use between `start` and `stop`, from ``/proc/stat`` (Linux).
+
+    Catches what no process group shows: kernel threads (page-cache writeback, the block
+    layer, softirqs of the loopback network) and the other tenants of a shared machine.
+    Percentages are of all cores (100 % = every core busy).
+    """
+
+    _FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+    def __init__(self) -> None:
+        """Nothing is read until `start`."""
+        self._start: list[int] = []
+        self._stop: list[int] = []
+
+    @staticmethod
+    def _read() -> list[int]:
+        try:
+            with open("/proc/stat") as stat:
+                first = stat.readline().split()
+        except OSError:
+            return []
+        return [int(v) for v in first[1 : 1 + len(SystemCpu._FIELDS)]]
+
+    def start(self) -> None:
+        """Take the starting counters."""
+        self._start = self._read()
+
+    def stop(self) -> None:
+        """Take the final counters."""
+        self._stop = self._read()
+
+    def report(self) -> dict[str, float]:
+        """Share of all cores' time per state, in percent."""
+        if not self._start or not self._stop:
+            return {}
+        deltas = [b - a for a, b in zip(self._start, self._stop, strict=True)]
+        total = sum(deltas) or 1
+        out = {n: round(100 * d / total, 1) for n, d in zip(self._FIELDS, deltas, strict=True)}
+        out["busy"] = round(100 - out["idle"] - out["iowait"], 1)
+        return out
 
 
 # --- platform ------------------------------------------------------------------------------

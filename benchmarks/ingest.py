@@ -9,13 +9,21 @@ clients and measures:
   has stored each instance;
 - instances/s acknowledged, and instances/s until the last one is indexed (rows in
   ``index.instances``) and searchable (QIDO ``NumberOfStudyRelatedInstances`` adds up to N);
-- where the time goes: CPU % and peak RSS of the gateway, ingest, index, nats-server,
-  PostgreSQL and the load generator itself.
+- how it scales: ``--workers 1,2,4`` runs the whole measurement once per count, on a fresh
+  platform with that many ingest and that many index processes;
+- where the time goes: CPU seconds (user / kernel), mean and peak CPU % of every service
+  (replicas summed), the machine-wide CPU split (``/proc/stat``: kernel threads such as
+  page-cache writeback show there), and with ``--profile DIR`` a py-spy profile of each
+  service process with its breakdown by category (see ``pyspy.py``);
+- memory: peak resident set of each service (sampled sum over its processes) and the largest
+  ``VmHWM`` of any one of its processes (the kernel's exact peak);
+- when the render service's precompute (thumbnails, HTJ2K copies; off the stored → indexed
+  path, at low priority) had caught up.
 
 With ``--orthanc`` the same bodies are then sent, with the same client, to an Orthanc
-reference server (Debian ``orthanc`` + ``orthanc-dicomweb``) and the ratio is reported.
+reference server (Debian ``orthanc`` + ``orthanc-dicomweb``) and the ratios are reported.
 
-    .venv/bin/python benchmarks/ingest.py --instances 2000 --per-request 10 --concurrency 4
+    .venv/bin/python benchmarks/ingest.py --instances 2000 --workers 1,2,4 --orthanc
 """
 
 from __future__ import annotations
@@ -34,11 +42,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import nats
+import nats.js.errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     ProcessSampler,
+    SystemCpu,
     log,
     machine,
     machine_line,
@@ -53,8 +64,10 @@ from common import (
     write_result,
 )
 from krypton.auth.dev_issuer import DevIssuer
+from krypton.contracts.subjects import INSTANCES_STREAM
 from krypton.dicom.synthetic import Population, render_instances
 from orthanc import Orthanc
+from pyspy import Profiler
 
 NAME = "ingest"
 STRUCTURE_INDEX = 0  # every request is sent by the first structure's producer token
@@ -213,9 +226,31 @@ async def searchable_count(url: str, headers: dict[str, str], studies: Sequence[
     return total
 
 
-async def run_krypton(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
-    """The benchmark against Krypton's embedded platform."""
-    replicas = parse_replicas(args.replicas)
+async def precompute_backlog(nats_url: str) -> int:
+    """Messages the render service's precompute consumer has not finished (0 when absent)."""
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(INSTANCES_STREAM, "render")
+    except nats.js.errors.NotFoundError:
+        return 0
+    finally:
+        await nc.close()
+    return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+
+async def wait_precompute(nats_url: str, run: Run, timeout: float) -> float | None:
+    """Seconds from the start of sending until precompute has caught up (None: not in time)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if await precompute_backlog(nats_url) == 0:
+            return time.perf_counter() - run.started
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def run_krypton(args: argparse.Namespace, workload: Workload, workers: int) -> dict[str, Any]:
+    """The benchmark against Krypton's embedded platform with `workers` ingest and index replicas."""
+    replicas = {"ingest": workers, "index": workers, **parse_replicas(args.replicas)}
     with tempfile.TemporaryDirectory(prefix="krypton-bench-ingest-") as tmp:
         log(f"starting the platform (replicas {replicas or 'default'})")
         async with started_platform(Path(tmp), replicas) as platform:
@@ -235,6 +270,17 @@ async def run_krypton(args: argparse.Namespace, workload: Workload) -> dict[str,
                 f"sending {workload.instances} instances, {args.per_request} per request, "
                 f"{args.concurrency} clients"
             )
+            profiler = None
+            if args.profile:
+                pids = {
+                    label: child.proc.pid
+                    for label, child in platform.supervisor.children.items()
+                    if child.proc is not None and label != "issuer"
+                }
+                profiler = Profiler(pids, Path(args.profile) / f"workers-{workers}")
+                profiler.start()
+            system = SystemCpu()
+            system.start()
             sampler.start()
             sender = asyncio.create_task(
                 send_all(
@@ -258,6 +304,14 @@ async def run_krypton(args: argparse.Namespace, workload: Workload) -> dict[str,
                 )
                 index_timeline += more
             await sampler.stop()
+            system.stop()
+            profile = await profiler.stop() if profiler is not None else None
+            # Precompute (render) is off the stored → indexed path and yields the CPU to it:
+            # its backlog once everything is indexed, and how long after the start it had
+            # caught up (bounded: at low priority on a busy machine it can take minutes).
+            assert platform.nats is not None
+            backlog = await precompute_backlog(platform.nats.url)
+            precompute_s = await wait_precompute(platform.nats.url, run, args.precompute_wait)
             searchable = await searchable_count(
                 platform.dicomweb_url, admin, list(workload.studies)
             )
@@ -272,6 +326,8 @@ async def run_krypton(args: argparse.Namespace, workload: Workload) -> dict[str,
         name: round(1000 * p["cpu_seconds"] / max(run.acked, 1), 2) for name, p in processes.items()
     }
     return {
+        "workers": workers,
+        "replicas": replicas,
         "pg_version": pg_version,
         "requests": requests,
         "acked": run.acked,
@@ -290,6 +346,10 @@ async def run_krypton(args: argparse.Namespace, workload: Workload) -> dict[str,
         "processes": processes,
         "cpu_ms_per_instance": per_instance_cpu_ms,
         "restarts": restarts,
+        "system_cpu_pct": system.report(),
+        "precompute_backlog_when_indexed": backlog,
+        "precompute_caught_up_s": round(precompute_s, 3) if precompute_s else None,
+        "profile": profile,
         "timeline": {
             "acked": [(round(t, 3), n) for t, n in run.ack_times],
             "indexed": [(round(t, 3), n) for t, n in index_timeline],
@@ -322,101 +382,156 @@ async def run_orthanc(args: argparse.Namespace, workload: Workload) -> dict[str,
     }
 
 
-def plot(result: dict[str, Any]) -> Path:
-    """Acked and indexed instances over time, and CPU % per process."""
+def plot(result: dict[str, Any], name: str) -> Path:
+    """Instances/s per worker count (with Orthanc), and the first run's timeline and CPU."""
     plt = pyplot()
-    krypton = result["krypton"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
-    for key, label in (("acked", "acknowledged (STOW)"), ("indexed", "indexed (rows)")):
-        points = krypton["timeline"][key]
-        if points:
-            top.plot([p[0] for p in points], [p[1] for p in points], label=label)
-    top.set_ylabel("instances")
-    top.set_title(
-        f"Krypton ingest: {result['params']['instances']} CT 512x512x16 instances, "
-        f"{result['params']['per_request']}/request, {result['params']['concurrency']} clients"
+    runs = result["scaling"]
+    fig, (left, top, bottom) = plt.subplots(3, 1, figsize=(10, 12))
+    workers = [r["workers"] for r in runs]
+    positions = range(len(runs))
+    width = 0.38
+    left.bar(
+        [x - width / 2 for x in positions],
+        [r["acked_instances_per_s"] for r in runs],
+        width,
+        label="Krypton acknowledged",
     )
+    left.bar(
+        [x + width / 2 for x in positions],
+        [r["indexed_instances_per_s"] for r in runs],
+        width,
+        label="Krypton indexed + searchable",
+    )
+    orthanc = result.get("orthanc")
+    if orthanc:
+        left.axhline(orthanc["acked_instances_per_s"], color="grey", linestyle="--")
+        left.text(0, orthanc["acked_instances_per_s"], " Orthanc (same client)", va="bottom")
+    left.axhline(500, color="red", linestyle=":", linewidth=1)
+    left.set_xticks(list(positions), [f"{w} ingest + {w} index" for w in workers])
+    left.set_ylabel("instances/s")
+    p = result["params"]
+    left.set_title(
+        f"STOW-RS of {p['instances']} CT 512x512x16 instances, {p['per_request']}/request, "
+        f"{p['concurrency']} clients"
+    )
+    left.legend(loc="upper right")
+    first = runs[0]
+    for key, label in (("acked", "acknowledged (STOW)"), ("indexed", "indexed (rows)")):
+        points = first["timeline"][key]
+        if points:
+            top.plot([q[0] for q in points], [q[1] for q in points], label=label)
+    top.set_ylabel("instances")
+    top.set_title(f"{first['workers']} worker(s): progress and CPU per process")
     top.legend()
-    cpu = krypton["timeline"]["cpu"]
-    for name, values in cpu["cpu_pct"].items():
-        bottom.plot(cpu["t"][: len(values)], values, label=name)
+    cpu = first["timeline"]["cpu"]
+    for proc, values in cpu["cpu_pct"].items():
+        bottom.plot(cpu["t"][: len(values)], values, label=proc)
     bottom.set_xlabel("seconds")
     bottom.set_ylabel("CPU % (100 = one core)")
     bottom.legend(ncol=4, fontsize="small")
     fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(NAME)
+    path = plot_path(name)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
+def _server_row(label: str, r: dict[str, Any], indexed: float) -> list[object]:
+    lat = r["stow_latency"]
+    return [label, r["acked"], r["failed"], r["acked_instances_per_s"], indexed,
+            lat["p50_ms"], lat["p95_ms"], lat["p99_ms"]]  # fmt: skip
+
+
 def report(result: dict[str, Any]) -> None:
     """Readable tables on stdout."""
-    k = result["krypton"]
     print(f"\nMachine: {machine_line(result['machine'])}")
     p = result["params"]
     print(
         f"Data: {p['instances']} instances, {result['workload']['mean_instance_kb']} KB each "
         f"({result['workload']['mb_total']} MB), {p['per_request']} per request, "
-        f"{p['concurrency']} clients, replicas {p['replicas'] or 'default'}\n"
+        f"{p['concurrency']} clients, extra replicas {p['replicas'] or 'none'}\n"
     )
+    runs = result["scaling"]
     rows = [
-        [
-            "krypton",
-            k["acked"],
-            k["failed"],
-            k["acked_instances_per_s"],
-            k["indexed_instances_per_s"],
-            k["stow_latency"]["p50_ms"],
-            k["stow_latency"]["p95_ms"],
-            k["stow_latency"]["p99_ms"],
-        ]
+        _server_row(f"krypton, {r['workers']} worker(s)", r, r["indexed_instances_per_s"])
+        for r in runs
     ]
     o = result.get("orthanc")
     if o:
-        rows.append(
-            [
-                "orthanc",
-                o["acked"],
-                o["failed"],
-                o["acked_instances_per_s"],
-                o["acked_instances_per_s"],  # Orthanc acknowledges once indexed
-                o["stow_latency"]["p50_ms"],
-                o["stow_latency"]["p95_ms"],
-                o["stow_latency"]["p99_ms"],
-            ]
-        )
+        # Orthanc acknowledges once indexed.
+        rows.append(_server_row("orthanc", o, o["acked_instances_per_s"]))
     print_table(
         ["server", "acked", "failed", "acked/s", "indexed/s", "p50 ms", "p95 ms", "p99 ms"], rows
     )
     print()
     print_table(
-        ["process", "CPU s", "mean CPU %", "peak CPU %", "CPU ms/instance", "peak RSS MiB"],
+        ["workers", "machine busy %", "of which kernel %", "niced %", "iowait %",
+         "precompute backlog", "precompute done s", "x Orthanc"],
         [
             [
-                name,
-                v["cpu_seconds"],
-                v["cpu_mean_pct"],
-                v["cpu_peak_pct"],
-                k["cpu_ms_per_instance"][name],
-                v["peak_rss_mib"],
+                r["workers"],
+                r["system_cpu_pct"].get("busy"),
+                round(r["system_cpu_pct"].get("system", 0) + r["system_cpu_pct"].get("softirq", 0), 1),
+                r["system_cpu_pct"].get("nice"),
+                r["system_cpu_pct"].get("iowait"),
+                r["precompute_backlog_when_indexed"],
+                r["precompute_caught_up_s"],
+                r.get("ratio_vs_orthanc"),
             ]
-            for name, v in k["processes"].items()
+            for r in runs
         ],
-    )
+    )  # fmt: skip
+    for r in runs:
+        print(f"\n{r['workers']} worker(s): CPU and memory per service")
+        print_table(
+            ["service", "procs", "CPU s", "user s", "sys s", "mean CPU %", "peak CPU %",
+             "CPU ms/inst", "peak RSS MiB (sum)", "max VmHWM MiB (1 proc)"],
+            [
+                [
+                    name,
+                    v.get("processes", ""),
+                    v["cpu_seconds"],
+                    v.get("cpu_user_seconds", ""),
+                    v.get("cpu_system_seconds", ""),
+                    v["cpu_mean_pct"],
+                    v["cpu_peak_pct"],
+                    r["cpu_ms_per_instance"][name],
+                    v["peak_rss_mib"],
+                    v.get("max_hwm_mib", ""),
+                ]
+                for name, v in r["processes"].items()
+            ],
+        )  # fmt: skip
+        if r.get("profile"):
+            print("  py-spy, share of samples per category:")
+            for proc, prof in r["profile"].items():
+                shares = ", ".join(f"{k} {v}%" for k, v in list(prof["category_pct"].items())[:8])
+                print(f"    {proc} ({prof['samples']} samples): {shares}")
+        if r["errors"]:
+            print("errors:", *r["errors"], sep="\n  ")
     if o:
         print()
         print_table(
-            ["orthanc run", "CPU s", "mean CPU %", "peak CPU %", "peak RSS MiB"],
+            ["orthanc run", "CPU s", "mean CPU %", "peak CPU %", "peak RSS MiB", "VmHWM MiB"],
             [
-                [n, v["cpu_seconds"], v["cpu_mean_pct"], v["cpu_peak_pct"], v["peak_rss_mib"]]
+                [n, v["cpu_seconds"], v["cpu_mean_pct"], v["cpu_peak_pct"], v["peak_rss_mib"],
+                 v.get("max_hwm_mib", "")]
                 for n, v in o["processes"].items()
             ],
+        )  # fmt: skip
+        print(
+            f"\nKrypton / Orthanc (indexed/s, best worker count): "
+            f"{result['ratio_indexed_vs_orthanc']}x"
         )
-        print(f"\nKrypton / Orthanc: {result['ratio_indexed_vs_orthanc']}x (indexed/s vs Orthanc)")
-    if k["errors"]:
-        print("errors:", *k["errors"], sep="\n  ")
+
+
+def _workers(text: str) -> list[int]:
+    counts = [int(item) for item in text.split(",") if item.strip()]
+    if not counts or min(counts) < 1:
+        msg = "--workers takes positive counts, e.g. 1,2,4"
+        raise argparse.ArgumentTypeError(msg)
+    return counts
 
 
 async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -425,25 +540,47 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--per-request", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--replicas", default="", help="e.g. ingest=2,index=2")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=[1],
+        help="ingest and index replicas, one platform run per count: e.g. 1,2,4",
+    )
+    parser.add_argument(
+        "--replicas", default="", help="other replica counts, e.g. render=0 (wins over --workers)"
+    )
     parser.add_argument("--max-per-series", type=int, default=25, help="instances per series cap")
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--timeout", type=float, default=600.0, help="indexing deadline, s")
+    parser.add_argument(
+        "--precompute-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait, once indexed, for the render precompute to catch up",
+    )
     parser.add_argument("--orthanc", action="store_true", help="also measure Orthanc")
     parser.add_argument("--name", default=NAME, help="results file name")
+    parser.add_argument(
+        "--profile", default="", help="directory for py-spy profiles of every service process"
+    )
     args = parser.parse_args(argv)
 
     log(f"generating {args.instances} CT instances (512x512, 16 bits)")
     workload = generate(args.instances, args.per_request, args.max_per_series, args.seed)
     log(f"generated {workload.bytes_total / 1e6:.0f} MB in {workload.generate_s:.1f} s")
-    krypton = await run_krypton(args, workload)
+    runs = [await run_krypton(args, workload, workers) for workers in args.workers]
+    pg_version = runs[0]["pg_version"]
+    for r in runs:
+        r.pop("pg_version")
+    best = max(runs, key=lambda r: r["indexed_instances_per_s"])
     result: dict[str, Any] = {
-        "machine": machine(krypton.pop("pg_version")),
+        "machine": machine(pg_version),
         "command": " ".join(["benchmarks/ingest.py", *(argv or sys.argv[1:])]),
         "params": {
             "instances": args.instances,
             "per_request": args.per_request,
             "concurrency": args.concurrency,
+            "workers": args.workers,
             "replicas": args.replicas,
             "max_per_series": args.max_per_series,
             "seed": args.seed,
@@ -454,19 +591,20 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "mean_instance_kb": round(workload.bytes_total / workload.instances / 1024, 1),
             "generate_s": round(workload.generate_s, 2),
         },
-        "krypton": krypton,
+        "krypton": best,  # the best worker count (what `run_all.py` summarises)
+        "scaling": runs,
     }
     if args.orthanc:
         with contextlib.suppress(KeyboardInterrupt):
             result["orthanc"] = await run_orthanc(args, workload)
             orthanc_rate = result["orthanc"]["acked_instances_per_s"]
-            result["ratio_indexed_vs_orthanc"] = (
-                round(krypton["indexed_instances_per_s"] / orthanc_rate, 2)
-                if orthanc_rate
-                else None
-            )
+            for r in runs:
+                r["ratio_vs_orthanc"] = (
+                    round(r["indexed_instances_per_s"] / orthanc_rate, 2) if orthanc_rate else None
+                )
+            result["ratio_indexed_vs_orthanc"] = best.get("ratio_vs_orthanc")
     write_result(args.name, result)
-    result["plot"] = str(plot(result))
+    result["plot"] = str(plot(result, args.name))
     report(result)
     return result
 

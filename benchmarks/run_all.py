@@ -66,6 +66,11 @@ def summary() -> str:
                 f"  Orthanc: {ingest['orthanc']['acked_instances_per_s']} instances/s; "
                 f"Krypton/Orthanc {ingest.get('ratio_indexed_vs_orthanc')}x"
             )
+        for run in ingest.get("scaling", []):
+            lines.append(
+                f"  {run['workers']} ingest + {run['workers']} index workers: "
+                f"{run['indexed_instances_per_s']} indexed/s"
+            )
     qido = _load("qido")
     if qido:
         seq = qido["krypton"]["http_sequential"]
@@ -93,7 +98,7 @@ def main() -> int:
     parser.add_argument("--orthanc", action="store_true", help="include the Orthanc reference")
     args = parser.parse_args()
     extra = ["--orthanc"] if args.orthanc else []
-    ok = _run("ingest.py", ["--instances", "2000", *extra])
+    ok = _run("ingest.py", ["--instances", "2000", "--workers", "1,2,4", *extra])
     ok = _run("qido.py", ["--studies", "100000", *extra]) and ok
     print("\n=== summary\n" + summary())
     return 0 if ok else 1

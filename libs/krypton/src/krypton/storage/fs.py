@@ -16,6 +16,7 @@ file's data first, `sync_data=True`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import stat as stat_mode
@@ -29,12 +30,27 @@ from krypton.storage.base import DEFAULT_CHUNK_SIZE, ObjectInfo
 from krypton.storage.errors import ObjectNotFound, StorageUnavailable
 from krypton.storage.keys import validate_key, validate_prefix
 
-__all__ = ["FileSystemStore", "VolatileWriter"]
+__all__ = ["FileSystemStore", "VolatileWriter", "boot_id"]
 
 _BACKEND = "fs"
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This host's boot id (Linux), which changes on every boot; None where there is none.
+
+    Unsynced writes live in the page cache until written back; only a kernel crash or a power
+    cut loses them, and after either the host has booted again. A writer that records the boot
+    id beside a volatile object lets a reader on the same host tell that the page cache still
+    holds exactly what was written.
+    """
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -83,7 +99,7 @@ class _AtomicWriter:
         self._done = False
         self._lock = threading.Lock()
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             self._file.write(data)
             # hashlib releases the GIL on large buffers, so hashing here keeps the loop free.
@@ -126,7 +142,7 @@ class VolatileWriter:
         self._writer = _AtomicWriter(path, durable=False)
         self._key = key
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data`."""
         self._writer.write(data)
 

@@ -38,7 +38,7 @@ from krypton.gateway import audit_emit as audit
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.storage.base import ObjectInfo
-from krypton.storage.fs import FileSystemStore, VolatileWriter
+from krypton.storage.fs import FileSystemStore, VolatileWriter, boot_id
 from krypton.storage.keys import staging_key
 
 __all__ = ["store_instances"]
@@ -80,7 +80,7 @@ class _PartSink:
         while (chunk := await self.queue.get()) is not None:
             yield chunk
 
-    async def feed(self, data: bytes) -> None:
+    async def feed(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.limit:
             raise PartTooLargeError
@@ -90,7 +90,7 @@ class _PartSink:
         assert self.task is not None
         if self.task.done():  # the store failed: surface its error now
             await self.task
-        await self.queue.put(data)
+        await self.queue.put(bytes(data))
 
     async def finish(self) -> ObjectInfo:
         if self.writer is not None:
@@ -154,7 +154,9 @@ class _MultipartReader:
         self.events.append(("headers", dict(self._headers)))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        self.events.append(("data", bytes(data[start:end])))
+        # A view, not a copy: python-multipart passes the (immutable) chunk given to `write`
+        # or its own boundary bytes, and the events are used before the next chunk anyway.
+        self.events.append(("data", memoryview(data)[start:end]))
 
     def _part_end(self) -> None:
         self.events.append(("end", None))
@@ -323,6 +325,8 @@ async def _hand_over(
     assert structure is not None
     subject = subjects.ingest_received(structure)
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    # Parts staged without fsync (filesystem store) carry the boot they were written in.
+    staged_boot = boot_id() if isinstance(ctx.store, FileSystemStore) else None
     published: list[_Staged] = []
     publishes = []
     for item in staged:
@@ -338,6 +342,7 @@ async def _hand_over(
             expected_study_uid=study_uid,
             reply_to=ctx.waiter.reply_to(item.upload_id),
             request_id=request_id,
+            staged_boot_id=staged_boot,
         )
         item.verdict = ctx.waiter.expect(item.upload_id)
         published.append(item)

@@ -17,7 +17,12 @@ Staged bytes are checked before any verdict: on the filesystem store the gateway
 fsync, so a power cut can lose or tear a staged file whose `ingest.received` survived. Its size
 and SHA-256 must match the event (a mismatch is refused as a processing failure; the client was
 never answered and resends), and it is fsynced (with its directory) before the verdict is
-recorded: a redelivered upload whose verdict exists therefore always finds intact bytes.
+recorded: a redelivered upload whose verdict exists therefore always finds intact bytes. The
+SHA-256 is recomputed only when a crash may have happened since staging: an event staged in this
+host's current boot (`IngestReceived.staged_boot_id`) is read from a page cache that nothing has
+lost (killed processes do not lose it; a kernel crash or power cut reboots), so its size is
+checked and the gateway's hash, computed while writing, stands. The fsync of the batch's staged
+files runs while their headers are parsed.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from krypton.dicom.extract import Extracted, extract
 from krypton.dicom.header import Header, read_header
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
-from krypton.storage.fs import FileSystemStore
+from krypton.storage.fs import FileSystemStore, boot_id
 from krypton.storage.keys import instance_key, quarantine_key
 
 __all__ = ["IngestPipeline", "Outcome", "result_payload"]
@@ -115,9 +120,14 @@ class IngestPipeline:
         }
         resumed = [i for i, e in enumerate(events) if e.staging_key in previous]
         fresh = [i for i, e in enumerate(events) if e.staging_key not in previous]
-        examined = _settled(
-            await asyncio.gather(*(self._examine(events[i]) for i in fresh), return_exceptions=True)
+        # The staged files are made durable while they are parsed (fsync waits on the disk and
+        # holds no lock); a file refused meanwhile is synced for nothing, which is harmless.
+        local = fresh if isinstance(self._store, FileSystemStore) else []
+        examined, synced_list = await asyncio.gather(
+            self._examine_all([events[i] for i in fresh]),
+            self._sync([events[i].staging_key for i in local]),
         )
+        synced = dict(zip(local, synced_list, strict=True))
         claims: list[_Claim] = []
         rejects: list[tuple[int, DicomRejection, InstanceStored | None, bool]] = []
         for i, found in zip(fresh, examined, strict=True):
@@ -133,14 +143,14 @@ class IngestPipeline:
                 rejects.append((i, found, None, True))
             else:
                 results[i] = found
-        if claims and isinstance(self._store, FileSystemStore):
-            # The gateway staged without fsync: the bytes just checked become durable before
-            # any verdict is recorded, so a recorded verdict never points at a torn file.
-            synced = await self._store.sync([c.event.staging_key for c in claims])
-            for c, error in zip(claims, synced, strict=True):
+        if synced:
+            # The gateway staged without fsync: the bytes just checked are durable before any
+            # verdict is recorded, so a recorded verdict never points at a torn file.
+            for c in claims:
+                error = synced.get(c.index)
                 if error is not None:
                     results[c.index] = error
-            claims = [c for c, error in zip(claims, synced, strict=True) if error is None]
+            claims = [c for c in claims if synced.get(c.index) is None]
         if claims:
             await self._claim(claims)
         accepted = [c for c in claims if c.rejection is None]
@@ -173,10 +183,51 @@ class IngestPipeline:
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
+    async def _examine_all(
+        self, events: Sequence[IngestReceived]
+    ) -> list[InstanceStored | Exception]:
+        """Examine each upload; per upload what it holds, or the error that refuses it."""
+        if not events or not isinstance(self._store, FileSystemStore):
+            return _settled(
+                await asyncio.gather(*(self._examine(e) for e in events), return_exceptions=True)
+            )
+        # Local files: the whole batch is read in one thread hop (a hop per file costs more
+        # than reading a cached file), then parsed here (parsing holds the GIL anyway).
+        this_boot = boot_id()
+        jobs = [
+            (
+                self._store.local_path(e.staging_key),
+                e,
+                # Same boot as the staging write: the page cache holds what the gateway hashed.
+                e.staged_boot_id is None or e.staged_boot_id != this_boot,
+            )
+            for e in events
+        ]
+        contents = await asyncio.to_thread(_read_many, jobs)
+        out: list[InstanceStored | Exception] = []
+        for event, data in zip(events, contents, strict=True):
+            if isinstance(data, Exception):
+                out.append(data)
+                continue
+            try:
+                out.append(await self._parse(event, data))
+            except Exception as exc:  # a verdict for this upload alone, as with gather
+                out.append(exc)
+        return out
+
+    async def _sync(self, keys: Sequence[str]) -> list[Exception | None]:
+        if not keys or not isinstance(self._store, FileSystemStore):
+            return []
+        return await self._store.sync(keys)
+
     async def _examine(self, event: IngestReceived) -> InstanceStored:
         """Check the staged bytes, parse the header and extract what the platform keeps."""
         path = self._store.local_path(event.staging_key)
-        data = None if path is None else await asyncio.to_thread(_read_local, path, event)
+        data = None if path is None else await asyncio.to_thread(_read_local, path, event, True)
+        return await self._parse(event, data)
+
+    async def _parse(self, event: IngestReceived, data: bytes | None) -> InstanceStored:
+        """Parse the header (from `data`, else read from the store) and extract the attributes."""
         if data is not None:
             header = read_header(data, max_header_bytes=_MAX_HEADER)
         else:
@@ -497,12 +548,28 @@ def _settled(outcomes: Sequence[_T | BaseException]) -> list[_T | Exception]:
     return out
 
 
-def _read_local(path: os.PathLike[str], event: IngestReceived) -> bytes | None:
+def _read_many(
+    jobs: Sequence[tuple[os.PathLike[str] | None, IngestReceived, bool]],
+) -> list[bytes | Exception | None]:
+    """`_read_local` for each `(path, event, verify)`, in one worker thread; errors returned."""
+    out: list[bytes | Exception | None] = []
+    for path, event, verify in jobs:
+        if path is None:
+            out.append(None)
+            continue
+        try:
+            out.append(_read_local(path, event, verify))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _read_local(path: os.PathLike[str], event: IngestReceived, verify: bool) -> bytes | None:
     """Check a staged file against its event (in a worker thread); its bytes if small.
 
     Returns the whole file when it is at most `_WHOLE_READ` bytes (the header is then parsed
     from memory, in the loop: parsing from the file would release and retake the GIL on every
-    small read), else None after hashing it block by block.
+    small read), else None. The size is always checked; the SHA-256 only with `verify`.
     """
     try:
         with open(path, "rb") as fp:
@@ -510,6 +577,8 @@ def _read_local(path: os.PathLike[str], event: IngestReceived) -> bytes | None:
             if size != event.size:
                 raise DicomRejection(FailureReasonValues.PROCESSING_FAILURE, _TORN)
             data = fp.read() if size <= _WHOLE_READ else None
+            if not verify:
+                return data
             # hashlib hashes large buffers without holding the GIL.
             digest = (
                 hashlib.sha256(data).hexdigest()

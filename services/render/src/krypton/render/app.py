@@ -56,6 +56,7 @@ def build_app(
             precompute_htj2k=policy.precompute_htj2k,
             precompute_thumbnail=policy.precompute_thumbnail,
             precompute_metadata=policy.precompute_metadata,
+            precompute_nice=policy.precompute_nice,
         )
         state["worker"] = worker
         register_cache("render_image", lambda: (worker.cache.hits, worker.cache.misses))
@@ -87,6 +88,7 @@ def build_app(
         finally:
             await consumer.stop()
             await nc.close()
+            worker.close()
             await store.close()
 
     @broker.subscriber(subjects.SVC_RENDER_FRAME, queue="render")

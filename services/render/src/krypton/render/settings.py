@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["RenderSettings"]
@@ -12,6 +13,8 @@ class RenderSettings(BaseSettings):
 
     ``KRYPTON_RENDER_PRECOMPUTE_HTJ2K=false`` turns the HTJ2K lossless copies off (they take
     about the size of a lossless original again); thumbnails are cheap and stay on.
+    ``KRYPTON_RENDER_PRECOMPUTE_NICE`` (0-19, default 19) lowers the priority of the
+    precompute thread so that it yields the CPU to ingest under load (0: no deferral).
     """
 
     model_config = SettingsConfigDict(env_prefix="KRYPTON_RENDER_", extra="ignore")
@@ -20,4 +23,5 @@ class RenderSettings(BaseSettings):
     precompute_thumbnail: bool = True
     precompute_metadata: bool = True  # the WADO-RS metadata JSON the gateway serves
     precompute_batch: int = 16
+    precompute_nice: int = Field(default=19, ge=0, le=19)
     cache_bytes: int = 256 * 1024**2

@@ -11,16 +11,27 @@ thumbnail request, and, by policy, an HTJ2K lossless copy of uncompressed and JP
 instances. Render and transcode start from that copy when the original is compressed (its
 HTJ2K decode takes 1.6 ms for a 512x512 frame against 25-30 ms for JPEG 2000); an uncompressed
 original is read as it is, which is faster still. The original bytes are never touched.
+
+Precompute is background work and must not slow ingest down: its decoding and encoding run in
+a thread pool of its own, one thread whose scheduling priority is lowered (`precompute_nice`,
+19 by default: the Linux nice value of that thread only, not of the process). Under an ingest
+burst the CPU goes to the gateway, ingest and index first and precompute catches up when they
+are idle; on an idle machine it runs at full speed. It does not take the slots of live render
+and transcode requests either, so a starved precompute never holds a viewer back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import msgspec
 from pydicom.uid import UID, HTJ2KLossless
@@ -48,6 +59,7 @@ from krypton.storage.keys import derived_key
 __all__ = ["PRECOMPUTE_HTJ2K_FROM", "RenderCache", "RenderResult", "Worker", "thumbnail_request"]
 
 _log = get_logger("krypton.render")
+_R = TypeVar("_R")
 
 #: Originals of which the HTJ2K lossless copy is made (the issue's policy): uncompressed and
 #: JPEG 2000 (lossless and lossy: the copy is lossless of the decoded pixels).
@@ -143,11 +155,13 @@ class Worker:
         precompute_htj2k: bool = True,
         precompute_thumbnail: bool = True,
         precompute_metadata: bool = True,
+        precompute_nice: int = 19,
     ) -> None:
         """Use `store`; `concurrency` 0 means one decoding thread per core.
 
         `precompute_htj2k`, `precompute_thumbnail` and `precompute_metadata` are the
-        ingest-time policy.
+        ingest-time policy; `precompute_nice` the nice value added to the precompute thread
+        (0: same priority as live requests).
         """
         self.precompute_metadata = precompute_metadata
         self.store = store
@@ -157,6 +171,16 @@ class Worker:
         self._slots = asyncio.Semaphore(concurrency or os.cpu_count() or 2)
         # Transcoded objects being written after their bytes were answered, by key.
         self._keeping: dict[str, asyncio.Task[TranscodeResponse]] = {}
+        self._background = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="precompute",
+            initializer=_lower_priority,
+            initargs=(precompute_nice,),
+        )
+
+    def close(self) -> None:
+        """Stop the precompute thread (a precompute in progress finishes first)."""
+        self._background.shutdown(wait=True, cancel_futures=True)
 
     async def _source(self, key: str) -> bytes | Path:
         """The instance as a local file when the store has one, else its bytes."""
@@ -180,6 +204,16 @@ class Worker:
 
     async def render(self, request: RenderRequest) -> RenderResult:
         """Render one frame as JPEG or PNG (from the cache when it was rendered before)."""
+        return await self._render(request, background=False)
+
+    async def _compute(self, background: bool, fn: Callable[..., _R], *args: object) -> _R:
+        """Run CPU-bound `fn` in a live slot, or in the low-priority precompute thread."""
+        if background:
+            return await asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
+        async with self._slots:
+            return await asyncio.to_thread(fn, *args)
+
+    async def _render(self, request: RenderRequest, *, background: bool) -> RenderResult:
         cached = self.cache.get(request)
         if cached is not None:
             return RenderResult(200, cached, request.media_type.value)
@@ -196,24 +230,28 @@ class Worker:
             source = await self._best_source(request.object_key, request.transfer_syntax_uid, uids)
         except ObjectNotFound:
             return RenderResult(404, reason="instance not found")
-        async with self._slots:
-            try:
-                body = await asyncio.to_thread(_render, source, request)
-            except DecodeError as exc:
-                return RenderResult(422, reason=str(exc))
+        try:
+            body = await self._compute(background, _render, source, request)
+        except DecodeError as exc:
+            return RenderResult(422, reason=str(exc))
         self.cache.put(request, body)
         return RenderResult(200, body, request.media_type.value)
 
-    async def transcode(self, request: TranscodeRequest) -> TranscodeResponse:
-        """Write the instance in the wanted syntax as a derived object (once) and name it."""
-        response, _ = await self.transcode_inline(request)
+    async def transcode(
+        self, request: TranscodeRequest, *, background: bool = False
+    ) -> TranscodeResponse:
+        """Write the instance in the wanted syntax as a derived object (once) and name it.
+
+        `background`: computed in the low-priority precompute thread (ingest-time copies).
+        """
+        response, _ = await self.transcode_inline(request, background=background)
         keeping = self._keeping.get(response.object_key or "")
         if keeping is not None:
             return await asyncio.shield(keeping)
         return response
 
     async def transcode_inline(
-        self, request: TranscodeRequest
+        self, request: TranscodeRequest, *, background: bool = False
     ) -> tuple[TranscodeResponse, bytes | None]:
         """The derived object's description, and its bytes when this call just made them.
 
@@ -240,11 +278,10 @@ class Worker:
             )
         except ObjectNotFound:
             return TranscodeResponse(status=404, reason="instance not found"), None
-        async with self._slots:
-            try:
-                data, offset = await asyncio.to_thread(_transcode, source, wanted)
-            except DecodeError as exc:
-                return TranscodeResponse(status=406, reason=str(exc)), None
+        try:
+            data, offset = await self._compute(background, _transcode, source, wanted)
+        except DecodeError as exc:
+            return TranscodeResponse(status=406, reason=str(exc)), None
         response = TranscodeResponse(
             status=200, object_key=target, size=len(data), pixel_data_offset=offset
         )
@@ -277,7 +314,7 @@ class Worker:
             return
         try:
             source = await self._source(event.object_key)
-            body = await asyncio.to_thread(_metadata, source, event)
+            body = await self._compute(True, _metadata, source, event)
         except ObjectNotFound:
             return
         except Exception as exc:  # the gateway computes it on first read instead
@@ -309,7 +346,8 @@ class Worker:
                     sop_instance_uid=uids[2],
                     transfer_syntax_uid=HTJ2KLossless,
                     source_transfer_syntax_uid=syntax,
-                )
+                ),
+                background=True,
             )
             if result.status != 200:
                 _log.info("no HTJ2K copy", sop=uids[2], reason=result.reason)
@@ -322,7 +360,7 @@ class Worker:
                 sop_instance_uid=uids[2],
                 transfer_syntax_uid=syntax,
             )
-            rendered = await self.render(request)
+            rendered = await self._render(request, background=True)
             if rendered.status == 200:
                 await self.store.put_bytes(_thumbnail_key(*uids), rendered.body)
 
@@ -342,6 +380,14 @@ def _metadata(source: bytes | Path, event: InstanceStored) -> bytes:
         return build(source)
     with source.open("rb") as file:
         return build(file)
+
+
+def _lower_priority(nice: int) -> None:
+    """Thread initializer: lower this thread's scheduling priority by `nice` (Linux: per thread)."""
+    if nice > 0:
+        # Not fatal where threads cannot be reniced (another OS, a locked-down container).
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def _uids(study: str | None, series: str | None, sop: str | None) -> tuple[str, str, str] | None:

@@ -30,6 +30,11 @@ class IngestReceived(msgspec.Struct, frozen=True, kw_only=True):
     expected_study_uid: str | None = None  # STOW to /studies/{study}
     reply_to: str | None = None  # core NATS subject where the gateway waits for the verdict
     request_id: str | None = None
+    # Linux boot id of the host that staged the bytes without fsync (filesystem store). Ingest
+    # on the same host and boot knows the page cache still holds exactly the staged bytes (only
+    # a kernel crash or power cut loses it, and either changes the boot id), so it can skip
+    # re-hashing them; otherwise it checks them against `sha256` before any verdict.
+    staged_boot_id: str | None = None
 
 
 class PatientIdentity(msgspec.Struct, frozen=True, kw_only=True):
