@@ -83,7 +83,9 @@ __all__ = ["Config", "Region", "load_population", "object_studies"]
 
 ROOT: Final = "1.2.826.0.1.3680043.8.498"  # pydicom's UID root, as krypton.dicom.synthetic
 YEARS: Final = (2016, 2025)
-NOW: Final = datetime(2026, 1, 1, tzinfo=UTC)  # the clock of the generated policy windows
+# Policy windows are placed around the day of the load (the access rule reads the database
+# clock), at offsets that derive from the seed.
+NOW: Final = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 _EPOCH: Final = date(1970, 1, 1)
 _SOP_CLASS: Final = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",
@@ -125,6 +127,23 @@ _INSTANCE_COLUMNS: Final = (
     "pixel_data_offset", "stored_at",
 )  # fmt: skip
 _BIG_TABLES: Final = ("studies", "series", "instances")
+# The 70 common family names of krypton.dicom.synthetic cover 40 % of the patients; the long
+# tail is made of French-sounding syllables (~6,000 names), so that a name prefix is about as
+# selective as in a real region (the commonest French name, MARTIN, is ~0.4 % of people).
+_COMMON_NAME_SHARE: Final = 0.4
+_NAME_HEADS: Final = (
+    "BEL", "BON", "CHA", "DE", "DU", "FAU", "GAR", "LA", "LE", "MAR", "MON", "PER", "RO",
+    "SAU", "TES", "VIL", "BOU", "CAS", "ESC", "GRAN", "JOU", "LAB", "MES", "POU", "RIV",
+    "SÉG", "TOU", "VAL", "BRÉ", "CHÂ",
+)  # fmt: skip
+_NAME_MIDDLES: Final = ("", "TI", "RI", "NE", "LO", "MA", "VER", "GUE", "SA", "BA", "CO")
+_NAME_TAILS: Final = (
+    "AUD", "ARD", "EAU", "ET", "IER", "OT", "ON", "AT", "ÈRE", "ÉE", "AC", "AN", "ENS", "IN",
+    "OUX", "ERT", "AIS", "OUSE", "ÉRY",
+)  # fmt: skip
+LONG_TAIL: Final = tuple(
+    f"{h}{m}{t}" for h in _NAME_HEADS for m in _NAME_MIDDLES for t in _NAME_TAILS
+)
 
 
 @dataclass(frozen=True)
@@ -217,8 +236,8 @@ class Region:
         """Name, sex, birth date, department and INS of the patients `index`."""
         female = self._u(index, "sex") < 0.5
         n = len(index)
-        family_a = self._int(index, "family", 0, len(FAMILY_NAMES) - 1)
-        family_b = self._int(index, "family2", 0, len(FAMILY_NAMES) - 1)
+        family_a = self._family(index, "family")
+        family_b = self._family(index, "family2")
         compound = self._u(index, "compound") < 0.12
         given_a = self._int(index, "given", 0, 10**6)
         given_b = self._int(index, "given2", 0, 10**6)
@@ -246,9 +265,9 @@ class Region:
         names, ins_list = [], []
         for k in range(n):
             given_names = FEMALE_NAMES if female[k] else MALE_NAMES
-            family = FAMILY_NAMES[family_a[k]]
-            if compound[k] and family_b[k] != family_a[k]:
-                family = f"{family}-{FAMILY_NAMES[family_b[k]]}"
+            family = family_a[k]
+            if compound[k] and family_b[k] != family:
+                family = f"{family}-{family_b[k]}"
             given = given_names[given_a[k] % len(given_names)]
             if double[k]:
                 second = given_names[given_b[k] % len(given_names)]
@@ -279,6 +298,14 @@ class Region:
             "department": department,
             "ins": ins_list,
         }
+
+    def _family(self, index: np.ndarray, name: str) -> list[str]:
+        common = self._u(index, f"{name}-common") < _COMMON_NAME_SHARE
+        pick = self._int(index, name, 0, 10**9).tolist()
+        return [
+            FAMILY_NAMES[p % len(FAMILY_NAMES)] if c else LONG_TAIL[p % len(LONG_TAIL)]
+            for c, p in zip(common.tolist(), pick, strict=True)
+        ]
 
     def ipp(self, patient: int, structure: int) -> str:
         """The patient's local identifier at a structure (8 or 10 digits)."""
