@@ -493,6 +493,7 @@ class Region:
             ended = state[k] < 0.05  # ended by the structure
             grants.append({
                 "id": _uuid(self.seed, "care", k),
+                "study": int(study[k]),
                 "basis": "care",
                 "actor_sub": self.professionals[k // config.care][0],
                 "patient_key": keys[k],
@@ -509,6 +510,7 @@ class Region:
             start = NOW - timedelta(days=int(study[k] % 30))
             grants.append({
                 "id": _uuid(self.seed, "code", k),
+                "study": int(study[k]),
                 "basis": "share_code",
                 "actor_sub": self.professionals[(k * 10) % config.professionals][0],
                 "patient_key": keys[k],
