@@ -136,17 +136,18 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
 
 def _granted(alias: str) -> str:
     """The grant arm of the professional's rule; ``$1`` is the professional's subject."""
-    # The ANY(ARRAY(...)) arm is an index condition on studies_patient_key_idx (evaluated once
-    # per statement); the EXISTS checks the grant covers this very study (patient or study
-    # scope), and the NOT EXISTS applies the patient's opposition.
+    # The ANY(ARRAY(...)) arm is an index condition on studies_patient_key_idx, evaluated once
+    # per statement: the patients of the live grants, minus those with an active opposition
+    # (checked once per grant, not once per study: an opposition is per patient key, the key
+    # the study shares with its grant). The EXISTS checks the grant covers this very study
+    # (patient or study scope).
     return (
         f"({alias}.patient_key = ANY(ARRAY(SELECT g.patient_key FROM index.access_grants g"
-        f" WHERE {_HOLDER} AND {_LIVE}))"
+        f" WHERE {_HOLDER} AND {_LIVE} AND NOT EXISTS (SELECT 1 FROM index.oppositions o"
+        f" WHERE o.patient_key = g.patient_key AND o.active)))"
         f" AND EXISTS (SELECT 1 FROM index.access_grants g WHERE {_HOLDER}"
         f" AND g.patient_key = {alias}.patient_key"
-        f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE})"
-        f" AND NOT EXISTS (SELECT 1 FROM index.oppositions o"
-        f" WHERE o.patient_key = {alias}.patient_key AND o.active))"
+        f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE}))"
     )
 
 
