@@ -352,7 +352,8 @@ def plot(result: dict[str, Any]) -> Path:
         (axes[1], "http_concurrent", f"{CLIENTS} clients"),
     ):
         table = {**result["krypton"][key], **result["krypton"]["wado"].get(key, {})}
-        keys = [k for k in table if k != "ALL"]
+        order = [*result["krypton"]["http_sequential"], *result["krypton"]["wado"][key]]
+        keys = [k for k in order if k != "ALL" and k in table]
         width = 0.27
         for i, q in enumerate(("p50_ms", "p95_ms", "p99_ms")):
             ax.bar(
