@@ -669,13 +669,10 @@ async def rebuild_indexes(conn: asyncpg.Connection) -> dict[str, float]:
 
 
 async def _copy_chunk(
-    conn: asyncpg.Connection,
-    chunk: int,
-    data: dict[str, bytes],
-    counts: dict[str, int],
-    gen_s: float,
+    conn: asyncpg.Connection, chunk: int, data: dict[str, bytes], counts: dict[str, int]
 ) -> None:
     columns = {"studies": _STUDY_COLUMNS, "series": _SERIES_COLUMNS, "instances": _INSTANCE_COLUMNS}
+    started = time.perf_counter()
     async with conn.transaction():
         for table in _BIG_TABLES:
             if data[table]:
@@ -693,7 +690,7 @@ async def _copy_chunk(
             counts["studies"],
             counts["series"],
             counts["instances"],
-            gen_s,
+            time.perf_counter() - started,  # COPY seconds of the chunk
         )
 
 
@@ -720,7 +717,7 @@ async def load_studies(conn: asyncpg.Connection, config: Config, workers: int) -
                 pending.remove(future)
                 chunk, data, counts = future.result()
                 t = time.perf_counter()
-                await _copy_chunk(conn, chunk, data, counts, 0.0)
+                await _copy_chunk(conn, chunk, data, counts)
                 copy_s += time.perf_counter() - t
                 for key in totals:
                     totals[key] += counts[key]

@@ -84,7 +84,9 @@ def sample_studies(
     config = region.config
     own: list[dict[str, Any]] = []
     # Study i's structure is a pure function of i: scan random windows until enough are found.
-    while len(own) < size * 3 // 4:
+    for _ in range(1000):
+        if len(own) >= size * 3 // 4:
+            break
         start = rng.randrange(config.objects, max(config.objects + 1, config.studies - 2000))
         cols = region.studies(start, min(2000, config.studies - start))
         for k, finess in enumerate(cols["structure"]):
