@@ -1,11 +1,22 @@
-"""The standard benchmark set (`make bench`): ingest (2,000 instances) then QIDO (100,000 studies).
+"""The standard benchmark set (`make bench`): ingest, QIDO, then search and retrieval at scale.
 
-Each benchmark runs in its own process (its own platform, PostgreSQL and temporary state),
-one after the other so they never share the two cores. Results land in ``benchmarks/results/``;
-this script prints a summary of both at the end. About 5 minutes on a 2-core machine (10 with
-``--orthanc``).
+1. ``ingest.py --instances 2000``: STOW-RS to searchable;
+2. ``qido.py --studies 100000``: the query mix over studies loaded by the index's write path,
+   one layer at a time (HTTP, NATS, SQL);
+3. ``scale.py --studies 1000000``: QIDO with the access policy and WADO over a regional
+   population of 1M studies (`population.py`, COPY). The population is kept in
+   ``.state/bench-1000000``: the first run loads it (a few minutes), later runs reuse it.
 
-    .venv/bin/python benchmarks/run_all.py [--orthanc]
+Each benchmark runs in its own process (its own platform), one after the other so they never
+share the two cores. Results land in ``benchmarks/results/``; this script prints a summary at
+the end. About 15-20 minutes on a 2-core machine the first time, less once the population is
+cached (add 5-10 minutes with ``--orthanc``).
+
+    .venv/bin/python benchmarks/run_all.py [--orthanc] [--scale-studies 1000000]
+
+The 18M run (about 30-40 GB of disk; loading takes roughly 18x the 1M load):
+
+    .venv/bin/python benchmarks/scale.py --studies 18000000 --workers 2
 """
 
 from __future__ import annotations
@@ -21,17 +32,18 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 TIMEOUT_S = 20 * 60  # a benchmark that runs longer is stuck: stop it
+SCALE_TIMEOUT_S = 40 * 60  # the first scale run also loads its population
 
 
-def _run(script: str, extra: list[str]) -> bool:
+def _run(script: str, extra: list[str], timeout: int = TIMEOUT_S) -> bool:
     command = [sys.executable, str(BENCH_DIR / script), *extra]
     sys.stderr.write(f"\n=== {' '.join(command)}\n")
     started = time.monotonic()
     try:
         # The child's own tables go straight to our stdout; the platform's logs too.
-        code = subprocess.run(command, timeout=TIMEOUT_S, check=False).returncode
+        code = subprocess.run(command, timeout=timeout, check=False).returncode
     except subprocess.TimeoutExpired:
-        sys.stderr.write(f"{script} did not finish within {TIMEOUT_S} s\n")
+        sys.stderr.write(f"{script} did not finish within {timeout} s\n")
         return False
     sys.stderr.write(f"=== {script} finished with {code} in {time.monotonic() - started:.0f} s\n")
     return code == 0
@@ -89,17 +101,50 @@ def summary() -> str:
         lines.append(
             "  slowest p99 (1 client): " + ", ".join(f"{key} {ms:.1f} ms" for key, ms in worst)
         )
+    scale = _load("scale")
+    if scale:
+        seq = scale["krypton"]["http_sequential"]
+        conc = scale["krypton"]["http_concurrent"]
+        lines.append(
+            f"scale: {scale['params']['studies']:,} studies, policy applied; 1 client "
+            f"{seq['ALL']['per_s']:.0f} req/s, p99 {seq['ALL']['p99_ms']:.1f} ms; "
+            f"{CLIENTS} clients {conc['ALL']['per_s']:.0f} req/s, p99 {conc['ALL']['p99_ms']:.1f} ms"
+        )
+        for token in ("professional", "producer", "admin"):
+            items = {k.split("|")[0]: v for k, v in seq.items() if k.endswith(f"|{token}")}
+            lines.append(
+                f"  p99 {token}: "
+                + ", ".join(f"{kind} {v['p99_ms']:.1f}" for kind, v in items.items())
+                + " ms"
+            )
+        wado = scale["krypton"]["wado"]["http_sequential"]
+        lines.append(
+            "  WADO p99: " + ", ".join(f"{kind} {v['p99_ms']:.1f} ms" for kind, v in wado.items())
+        )
     return "\n".join(lines)
 
 
+CLIENTS = 8
+
+
 def main() -> int:
-    """Run both benchmarks and print the summary; non-zero if one failed."""
+    """Run the three benchmarks and print the summary; non-zero if one failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--orthanc", action="store_true", help="include the Orthanc reference")
+    parser.add_argument("--scale-studies", type=int, default=1_000_000)
     args = parser.parse_args()
     extra = ["--orthanc"] if args.orthanc else []
     ok = _run("ingest.py", ["--instances", "2000", "--workers", "1,2,4", *extra])
     ok = _run("qido.py", ["--studies", "100000", *extra]) and ok
+    scale_extra = ["--orthanc", "--orthanc-studies", "30000"] if args.orthanc else []
+    ok = (
+        _run(
+            "scale.py",
+            ["--studies", str(args.scale_studies), *scale_extra],
+            timeout=SCALE_TIMEOUT_S,
+        )
+        and ok
+    )
     print("\n=== summary\n" + summary())
     return 0 if ok else 1
 

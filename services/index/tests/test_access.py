@@ -416,3 +416,49 @@ async def test_a_member_of_communities_without_live_grants_keeps_the_fast_path(
     assert await actor_has_grants(world, DR2) is True
     await apply_policy_events(world, [member(4, active=False)])
     assert await actor_has_grants(world, DR2) is False
+
+
+async def test_a_professionals_pages_merge_their_structure_and_their_grants_in_one_order(
+    index_pool: asyncpg.Pool, make_event: MakeEvent
+) -> None:
+    # Own studies (A) and granted ones (B, patient P2) alternate by date; P1's study at B is
+    # not granted. Every page must be a slice of the one full order, whatever its offset.
+    dated = {"2.1": (A, P1, "20240101"), "2.2": (B, P2, "20240102"), "2.3": (A, P1, "20240103"),
+             "2.4": (B, P2, "20240104"), "2.5": (A, P1, "20240105"), "2.6": (B, P2, "20240106"),
+             "2.7": (B, P1, "20240107")}  # fmt: skip
+    await upsert_batch(
+        index_pool,
+        [
+            make_event(
+                study_uid=uid,
+                structure=structure,
+                ins=key[4:],
+                patient_id=key[4:],
+                study_study_date=day,
+            )
+            for uid, (structure, key, day) in dated.items()
+        ],
+    )
+    await index_pool.execute(_TRUNCATE)
+    await apply_policy_events(index_pool, [grant("g", 1, actor="dr1", patient=P2)])
+
+    async def page(params: list[tuple[str, str]]) -> tuple[list[str], dict[str, str]]:
+        response = await run_qido(
+            index_pool, QidoRequest(query=parse_qido("study", params), actor=DR1)
+        )
+        assert response.status == 200
+        return [i["0020000D"]["Value"][0] for i in json.loads(response.body)], response.access
+
+    everything, access = await page([("limit", "100")])
+    assert everything == ["2.6", "2.5", "2.4", "2.3", "2.2", "2.1"]
+    assert access == {"2.6": "care_relationship", "2.4": "care_relationship",
+                      "2.2": "care_relationship"}  # fmt: skip
+    for size in (1, 2, 4):
+        pages = []
+        for offset in range(0, 8, size):
+            uids, _ = await page([("limit", str(size)), ("offset", str(offset))])
+            pages.extend(uids)
+        assert pages == everything
+    uids, _ = await page([("StudyDate", "20240102-20240105"), ("limit", "2"), ("offset", "1")])
+    assert uids == ["2.4", "2.3"]
+    await index_pool.execute(_TRUNCATE)

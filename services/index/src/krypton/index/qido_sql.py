@@ -53,6 +53,7 @@ from krypton.index.store import normalise_pn, parse_da
 
 __all__ = [
     "MAX_LIMIT",
+    "access_arms",
     "access_basis",
     "access_predicate",
     "actor_has_grants",
@@ -127,21 +128,46 @@ def access_predicate(actor: Actor, alias: str, *, grants: bool = True) -> tuple[
         if actor.structure:
             return f"{alias}.structure = $1", [actor.structure]
         return "FALSE", []
-    # The ANY(ARRAY(...)) arm is an index condition on studies_patient_key_idx (evaluated once
-    # per statement); the EXISTS checks the grant covers this very study (patient or study
-    # scope), and the NOT EXISTS applies the patient's opposition.
-    granted = (
-        f"({alias}.patient_key = ANY(ARRAY(SELECT g.patient_key FROM index.access_grants g"
-        f" WHERE {_HOLDER} AND {_LIVE}))"
-        f" AND EXISTS (SELECT 1 FROM index.access_grants g WHERE {_HOLDER}"
-        f" AND g.patient_key = {alias}.patient_key"
-        f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE})"
-        f" AND NOT EXISTS (SELECT 1 FROM index.oppositions o"
-        f" WHERE o.patient_key = {alias}.patient_key AND o.active))"
-    )
+    granted = _granted(alias)
     if actor.structure:
         return f"({alias}.structure = $2 OR {granted})", [actor.sub, actor.structure]
     return granted, [actor.sub]
+
+
+def _granted(alias: str) -> str:
+    """The grant arm of the professional's rule; ``$1`` is the professional's subject."""
+    # The ANY(ARRAY(...)) arm is an index condition on studies_patient_key_idx, evaluated once
+    # per statement: the patients of the live grants, minus those with an active opposition
+    # (checked once per grant, not once per study: an opposition is per patient key, the key
+    # the study shares with its grant). The EXISTS checks the grant covers this very study
+    # (patient or study scope).
+    return (
+        f"({alias}.patient_key = ANY(ARRAY(SELECT g.patient_key FROM index.access_grants g"
+        f" WHERE {_HOLDER} AND {_LIVE} AND NOT EXISTS (SELECT 1 FROM index.oppositions o"
+        f" WHERE o.patient_key = g.patient_key AND o.active)))"
+        f" AND EXISTS (SELECT 1 FROM index.access_grants g WHERE {_HOLDER}"
+        f" AND g.patient_key = {alias}.patient_key"
+        f" AND (g.study_uid IS NULL OR g.study_uid = {alias}.study_uid) AND {_LIVE}))"
+    )
+
+
+def access_arms(actor: Actor, alias: str) -> list[tuple[str, list[object]]]:
+    """`access_predicate` as disjoint conditions whose union is the same set of studies.
+
+    A professional of a structure who holds grants sees two disjoint sets: their structure's
+    studies, and the granted studies of other structures. As one ``OR`` the planner must
+    collect both sets in full and sort them (a cost that grows with the structure's archive);
+    as two arms, each is read in index order and a page stops after ``limit + offset`` rows
+    of each. Everyone else has one arm, `access_predicate` itself.
+
+    Placeholders are numbered from ``$1`` within each fragment.
+    """
+    if actor.role is RoleValues.PROFESSIONAL and actor.structure:
+        return [
+            (f"{alias}.structure = $1", [actor.structure]),
+            (f"{alias}.structure <> $2 AND {_granted(alias)}", [actor.sub, actor.structure]),
+        ]
+    return [access_predicate(actor, alias)]
 
 
 # Projected grant basis -> audit access basis, and which one explains an access first when a
@@ -388,8 +414,13 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
         else:
             order = f"{_STUDY_ORDER}, {_SERIES_ORDER}, {_INSTANCE_ORDER}"
 
-    access_sql, access_params = access_predicate(request.actor, "st", grants=grants)
-    conditions = [params.embed(access_sql, access_params)]
+    arms = (
+        access_arms(request.actor, "st")
+        if grants and level is QidoLevelValues.STUDY
+        else [access_predicate(request.actor, "st", grants=grants)]
+    )
+    access = [params.embed(*arm) for arm in arms]
+    conditions: list[str] = []
     if query.study_uid is not None:
         # On the table whose index drives the plan (series_study_idx for series/instances).
         column = "st.study_uid" if level is QidoLevelValues.STUDY else "se.study_uid"
@@ -415,9 +446,23 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
             )
 
     limit = max(0, min(query.limit, MAX_LIMIT))
+    offset = max(0, query.offset)
+    if len(access) == 1:
+        where = " AND ".join([access[0], *conditions])
+        body = f"FROM {source} WHERE {where}"
+    else:
+        # Each disjoint arm is read in its own index order and cut at the deepest row the
+        # page can need; the page is then taken from their union (see access_arms).
+        depth = params.add(limit + 1 + offset)
+        branches = [
+            f"(SELECT st.* FROM index.studies st WHERE "
+            f"{' AND '.join([arm, *conditions])} ORDER BY {order} LIMIT {depth})"
+            for arm in access
+        ]
+        body = f"FROM ({' UNION ALL '.join(branches)}) st"
     sql = (
-        f"SELECT {select} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY {order}"
-        f" LIMIT {params.add(limit + 1)} OFFSET {params.add(max(0, query.offset))}"
+        f"SELECT {select} {body} ORDER BY {order}"
+        f" LIMIT {params.add(limit + 1)} OFFSET {params.add(offset)}"
     )
     return sql, params.values
 
