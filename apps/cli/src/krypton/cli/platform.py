@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,8 @@ class PlatformConfig:
     replicas: dict[str, int] = field(default_factory=dict)
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Leaf node listener for edge boxes (issue 10); None = no listener.
+    leafnode_port: int | None = None
 
 
 class Platform:
@@ -91,7 +94,11 @@ class Platform:
         """Start servers and services; return when the gateway is ready."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "objects").mkdir(exist_ok=True)
-        self.nats = await asyncio.to_thread(start_nats, self.state_dir / "nats", self.nats_port)
+        self.nats = await asyncio.to_thread(
+            partial(start_nats, leafnode_port=self.config.leafnode_port),
+            self.state_dir / "nats",
+            self.nats_port,
+        )
         self.pg_dsn = await asyncio.to_thread(start_postgres, self.state_dir / "pg")
         # Maintenance commands (`krypton audit verify`) find the embedded database here.
         dsn_file = self.state_dir / "pg-dsn"

@@ -1,0 +1,238 @@
+"""The region's side of the edge boxes: take their instances across the leaf link into ingest.
+
+For each configured box, a durable pull consumer (`region`) lives on the box's own EDGE stream
+and is reached through the box's JetStream domain (`$JS.edge-<finess>.API`), over the leaf
+connection. Chunks are reassembled per instance (`<sop>:<sha256>`), the bytes are written to the
+regional object store's staging area, and `IngestReceived` is published on the ordinary ingest
+subject with the box's structure, so the instance follows the STOW path from there (ingest
+validates, de-duplicates by SOP Instance UID + SHA-256, the index makes it searchable). Only
+then are the chunks acked, which removes them from the box (work-queue stream).
+
+The structure is the one this forwarder is configured with for that box's domain, never a value
+carried by the message: a box can only produce for its own structure.
+
+While the link is down the fetches fail and are retried; the consumer's position is kept on the
+box, so when the link returns the forwarder resumes where it stopped, in stream order. A chunk
+whose ack was lost is redelivered: the IngestReceived publish carries
+`Nats-Msg-Id = edge:<finess>:<sop>:<sha256>` and ingest treats an identical instance as a
+duplicate, so an instance is stored once.
+
+Run it in the region: `python -m krypton.edge.region` with `KRYPTON_EDGE_REGION_BOXES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
+
+from krypton.bus import streams
+from krypton.bus.codec import encode
+from krypton.bus.connect import connect
+from krypton.contracts import subjects
+from krypton.contracts.common.v1 import Actor, RoleValues
+from krypton.contracts.edge.v1 import EdgeChunkHeaders
+from krypton.contracts.ingest.v1 import IngestReceived
+from krypton.core.clock import utc_now_iso
+from krypton.core.logging import configure_logging, get_logger
+from krypton.core.settings import KryptonSettings
+from krypton.edge.settings import RegionEdgeSettings
+from krypton.storage.base import ObjectStore
+from krypton.storage.errors import StorageUnavailable
+from krypton.storage.factory import open_store
+from krypton.storage.keys import staging_key
+
+__all__ = ["DURABLE", "BoxForwarder", "main"]
+
+DURABLE = "region"
+ISSUER = "krypton-edge"  # the Actor.issuer of what boxes produce: the leaf link, not a token
+_log = get_logger("krypton.edge.region")
+_RETRY = 2.0
+
+
+@dataclass
+class _Instance:
+    """Chunks of one instance gathered so far."""
+
+    count: int
+    chunks: dict[int, Msg] = field(default_factory=dict)
+    extra: list[Msg] = field(default_factory=list)  # redelivered copies, acked with the rest
+
+
+class BoxForwarder:
+    """Moves one box's instances into the regional ingest path.
+
+    Args:
+        nc: Connection to the regional nats-server (the leaf link's hub).
+        store: The regional object store.
+        structure: The box's FINESS.
+        batch: Chunks per fetch.
+        ack_wait: Seconds before an unacked chunk is redelivered.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        store: ObjectStore,
+        structure: str,
+        *,
+        batch: int = 64,
+        ack_wait: float = 60.0,
+    ) -> None:
+        self.structure = subjects.safe_token(structure)
+        self.store = store
+        self.hub = nc.jetstream()
+        self.box: JetStreamContext = nc.jetstream(domain=subjects.edge_domain(structure))
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self.forwarded_total = 0
+        self._pending: dict[str, _Instance] = {}
+        self.actor = Actor(
+            sub=subjects.edge_domain(structure),
+            role=RoleValues.PRODUCER,
+            issuer=ISSUER,
+            structure=self.structure,
+        )
+
+    async def run(self) -> None:
+        """Forward until cancelled, riding out link failures."""
+        await streams.provision(self.hub, (streams.INGEST,))
+        sub: JetStreamContext.PullSubscription | None = None
+        down = False
+        while True:
+            try:
+                if sub is None:
+                    sub = await self._bind()
+                    _log.info("bound to edge box", structure=self.structure)
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                if down:
+                    _log.info("edge box reachable again", structure=self.structure)
+                    down = False
+                await self._handle(msgs)
+            except asyncio.CancelledError:
+                raise
+            except (nats.errors.Error, APIError, StorageUnavailable, OSError) as exc:
+                if not down:
+                    _log.warning(
+                        "edge box unreachable; retrying", structure=self.structure, error=repr(exc)
+                    )
+                    down = True
+                if isinstance(exc, APIError | nats.errors.NoRespondersError):
+                    sub = None  # bind again: the box or its stream may have restarted
+                await asyncio.sleep(_RETRY)
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        subject = subjects.edge_instance(self.structure)
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=4 * self.batch,
+            max_deliver=-1,
+            filter_subject=subject,
+        )
+        return await self.box.pull_subscribe(
+            subject, durable=DURABLE, stream=subjects.EDGE_STREAM, config=config
+        )
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            headers = msg.headers or {}
+            try:
+                key = headers[EdgeChunkHeaders.INSTANCE]
+                index = int(headers[EdgeChunkHeaders.INDEX])
+                count = int(headers[EdgeChunkHeaders.COUNT])
+                if not 0 <= index < count:
+                    raise ValueError(index)
+            except (KeyError, ValueError):
+                # Not something a box publishes: kept out of the way, never retried.
+                _log.error("malformed edge chunk dropped", structure=self.structure)
+                await msg.term()
+                continue
+            instance = self._pending.setdefault(key, _Instance(count=count))
+            if index in instance.chunks:
+                instance.extra.append(msg)
+            else:
+                instance.chunks[index] = msg
+            if len(instance.chunks) == instance.count:
+                del self._pending[key]
+                await self._forward(instance)
+
+    async def _forward(self, instance: _Instance) -> None:
+        first = instance.chunks[0]
+        headers = first.headers or {}
+        sha = headers[EdgeChunkHeaders.SHA256]
+        sop = headers[EdgeChunkHeaders.SOP_INSTANCE_UID]
+        data = b"".join(instance.chunks[i].data for i in range(instance.count))
+        key = staging_key(f"edge-{self.structure}-{sha}")
+        await self.store.put_bytes(key, data)
+        event = IngestReceived(
+            staging_key=key,
+            structure=self.structure,
+            sha256=sha,  # as the box computed it: ingest checks the staged bytes against it
+            size=len(data),
+            received_at=headers.get(EdgeChunkHeaders.RECEIVED_AT) or utc_now_iso(),
+            actor=self.actor,
+            request_id=f"edge-{self.structure}",
+        )
+        await self.hub.publish(
+            subjects.ingest_received(self.structure),
+            encode(event),
+            stream=subjects.INGEST_STREAM,
+            headers={"Nats-Msg-Id": f"edge:{self.structure}:{sop}:{sha}"},
+            timeout=10.0,
+        )
+        msgs = [*instance.chunks.values(), *instance.extra]
+        # A lost ack only means a redelivery, which ends as a duplicate: not worth failing for.
+        with contextlib.suppress(nats.errors.Error):
+            await asyncio.gather(*(m.ack_sync(timeout=10.0) for m in msgs))
+        self.forwarded_total += 1
+
+
+async def run(settings: KryptonSettings, region: RegionEdgeSettings) -> None:
+    """Forward every configured box until SIGTERM or SIGINT."""
+    store = await open_store(settings.storage)
+    nc = await connect(settings.nats_url, "edge-region")
+    forwarders = [
+        BoxForwarder(nc, store, box, batch=region.batch, ack_wait=region.ack_wait)
+        for box in region.boxes
+    ]
+    tasks = [asyncio.create_task(f.run(), name=f"edge-{f.structure}") for f in forwarders]
+    _log.info("edge forwarder started", boxes=list(region.boxes))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await nc.drain()
+        await store.close()
+
+
+def main() -> None:
+    """`python -m krypton.edge.region`."""
+    settings = KryptonSettings()
+    configure_logging("edge-region", settings.log_level, settings.log_json)
+    asyncio.run(run(settings, RegionEdgeSettings()))
+
+
+if __name__ == "__main__":
+    main()
