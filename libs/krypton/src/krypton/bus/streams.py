@@ -14,7 +14,16 @@ from nats.js.errors import BadRequestError
 
 from krypton.contracts import subjects
 
-__all__ = ["ALL_STREAMS", "AUDIT", "EDGE", "INGEST", "INSTANCES", "POLICY", "StreamSpec", "provision"]
+__all__ = [
+    "ALL_STREAMS",
+    "AUDIT",
+    "EDGE",
+    "INGEST",
+    "INSTANCES",
+    "POLICY",
+    "StreamSpec",
+    "provision",
+]
 
 _DAY = 86_400.0
 

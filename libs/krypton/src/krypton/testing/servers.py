@@ -107,7 +107,9 @@ def start_nats(
     # max_payload only exists in the config file; 8 MiB lets a rendered frame ride a reply.
     text = f"max_payload: {8 * 1024 * 1024}\n"
     if leafnode_port:
-        text += f'leafnodes {{ listen: "127.0.0.1:{leafnode_port}" }}\n'
+        # no_advertise: a leaf reconnects only to the URL it was given, never to addresses the
+        # hub gossips (behind NAT or a relay those are unreachable or bypass the relay).
+        text += f'leafnodes {{ listen: "127.0.0.1:{leafnode_port}", no_advertise: true }}\n'
     config.write_text(text)
     args = [
         venv_binary("nats-server"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -266,4 +267,8 @@ def main() -> None:
     """`python -m krypton.edge` / `krypton edge`."""
     settings = EdgeSettings()  # structure: from the environment (KRYPTON_EDGE_STRUCTURE)
     configure_logging("edge", settings.log_level, settings.log_json)
+    if settings.log_level.upper() != "DEBUG":
+        # One line per C-STORE and per status poll is debugging detail, not an operator's log.
+        for name in ("pynetdicom", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     asyncio.run(run(settings))

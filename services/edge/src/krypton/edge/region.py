@@ -223,7 +223,7 @@ async def run(settings: KryptonSettings, region: RegionEdgeSettings) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await nc.drain()
+        await nc.close()
         await store.close()
 
 
