@@ -380,6 +380,23 @@ async def test_instances_reach_the_region_once_across_a_cut_link(
             assert len(sops) == len(set(sops)) == _instances(study)
             assert not await qido(client, url, "studies", other, StudyInstanceUID=study.study_uid)
 
+        # Each instance's arrival is audited once, as a store by the box's structure.
+        admin = region.headers("admin", "admin-1")
+        total = sum(_instances(study) for study in [*before, *during])
+        audit_url = f"{region.platform.base_url}/api/audit/events"
+
+        async def stores() -> list[dict[str, Any]] | None:
+            response = await client.get(
+                audit_url, headers=admin, params={"type": "store", "actor": f"edge-{finess}"}
+            )
+            assert response.status_code in (200, 503), response.text
+            found = response.json() if response.status_code == 200 else []
+            return found if len(found) >= total else None
+
+        events = await _until("store events audited", stores)
+        assert len(events) == total
+        assert {e["event"]["actor"]["structure"] for e in events} == {finess}
+
         # C-FIND through the box answers what QIDO answers for the structure.
         expected = {value(item, "0020000D") for item in await qido(client, url, "studies", headers)}
         found = await asyncio.to_thread(_find_studies, box.dimse_port)

@@ -87,6 +87,8 @@ class Publisher:
                     try:
                         await self._publish(entry)
                         break
+                    except FileNotFoundError:
+                        break  # gone (an operator's hand): nothing left to publish
                     except (nats.errors.Error, APIError, OSError) as exc:
                         # The local server restarting, or its stream full: the file stays in
                         # the spool and the C-STORE side keeps accepting while there is room.

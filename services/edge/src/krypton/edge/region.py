@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from dataclasses import dataclass, field
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,9 +37,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from krypton.bus import streams
+from krypton.bus.audit import AuditPublisher, AuditUnavailableError
 from krypton.bus.codec import encode
 from krypton.bus.connect import connect
 from krypton.contracts import subjects
+from krypton.contracts.audit.v1 import AuditEventTypeValues, new_event
 from krypton.contracts.common.v1 import Actor, RoleValues
 from krypton.contracts.edge.v1 import EdgeChunkHeaders
 from krypton.contracts.ingest.v1 import IngestReceived
@@ -56,6 +60,7 @@ DURABLE = "region"
 ISSUER = "krypton-edge"  # the Actor.issuer of what boxes produce: the leaf link, not a token
 _log = get_logger("krypton.edge.region")
 _RETRY = 2.0
+_AUDIT_NAMESPACE = uuid.UUID("6b0f5a3e-8d0c-4a57-9d0e-4c1e2d7a9e10")  # edge store event ids
 
 
 @dataclass
@@ -90,6 +95,7 @@ class BoxForwarder:
         self.structure = subjects.safe_token(structure)
         self.store = store
         self.hub = nc.jetstream()
+        self.audit = AuditPublisher(self.hub, timeout=10.0)
         self.box: JetStreamContext = nc.jetstream(domain=subjects.edge_domain(structure))
         self.batch = batch
         self.ack_wait = ack_wait
@@ -104,7 +110,7 @@ class BoxForwarder:
 
     async def run(self) -> None:
         """Forward until cancelled, riding out link failures."""
-        await streams.provision(self.hub, (streams.INGEST,))
+        await streams.provision(self.hub, (streams.INGEST, streams.AUDIT))
         sub: JetStreamContext.PullSubscription | None = None
         down = False
         while True:
@@ -122,7 +128,13 @@ class BoxForwarder:
                 await self._handle(msgs)
             except asyncio.CancelledError:
                 raise
-            except (nats.errors.Error, APIError, StorageUnavailable, OSError) as exc:
+            except (
+                nats.errors.Error,
+                APIError,
+                StorageUnavailable,
+                AuditUnavailableError,
+                OSError,
+            ) as exc:
                 if not down:
                     _log.warning(
                         "edge box unreachable; retrying", structure=self.structure, error=repr(exc)
@@ -194,6 +206,20 @@ class BoxForwarder:
             headers={"Nats-Msg-Id": f"edge:{self.structure}:{sop}:{sha}"},
             timeout=10.0,
         )
+        # Recorded like a STOW (the gateway audits those): who stored what, through which box.
+        # A deterministic id, so that a redelivered instance is recorded once.
+        record = msgspec.structs.replace(
+            new_event(
+                AuditEventTypeValues.STORE,
+                self.actor,
+                instances=1,
+                resource=f"dimse:{subjects.edge_domain(self.structure)}",
+                detail={"sop_instance_uid": sop, "sha256": sha},
+                service="edge-region",
+            ),
+            event_id=str(uuid.uuid5(_AUDIT_NAMESPACE, f"{self.structure}:{sop}:{sha}")),
+        )
+        await self.audit.publish(record)
         msgs = [*instance.chunks.values(), *instance.extra]
         # A lost ack only means a redelivery, which ends as a duplicate: not worth failing for.
         with contextlib.suppress(nats.errors.Error):
