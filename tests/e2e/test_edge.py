@@ -10,11 +10,7 @@ modality would send them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -36,59 +32,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from krypton.auth.dev_issuer import DevIssuer
 from krypton.cli.platform import Platform, PlatformConfig
 from krypton.dicom.synthetic import Population, SyntheticStudy, render_instances
-from krypton.testing.servers import free_port, wait_port
+from krypton.edge.testing import BoxProcess, LinkRelay, start_box, start_region_forwarder
+from krypton.testing.servers import free_port
 
 from .helpers import qido, value
 
 pytestmark = pytest.mark.slow
 
 _CHUNK = 48 * 1024  # small chunks, so that every instance travels in several
-
-
-class LinkRelay:
-    """A TCP relay standing for the WAN between the box's leaf server and the region."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._connect, "127.0.0.1", self.port)
-
-    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers += [writer, up_writer]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.transport.abort()
-
-        # Still relaying when the test's loop closes: that ends the relay, not an error.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        self.writers.clear()
-        self.server = None
-
-    async def restore(self) -> None:
-        await self.start()
 
 
 @dataclass
@@ -126,19 +77,12 @@ async def region(tmp_path_factory: pytest.TempPathFactory, finess: str) -> Async
     running = Region(platform, DevIssuer(state / "issuer", platform.issuer_url), leaf_port)
     try:
         await platform.start(timeout=90)
-        env = {
-            **os.environ,
-            **platform.service_env(),
-            "KRYPTON_EDGE_REGION_BOXES": json.dumps([finess]),
-        }
-        log = (state / "edge-region.log").open("wb")
         running.procs.append(
             await asyncio.to_thread(
-                subprocess.Popen,
-                [sys.executable, "-m", "krypton.edge.region"],
-                env=env,
-                stderr=log,
-                stdout=log,
+                start_region_forwarder,
+                platform.service_env(),
+                [finess],
+                state / "edge-region.log",
             )
         )
         yield running
@@ -151,53 +95,41 @@ async def region(tmp_path_factory: pytest.TempPathFactory, finess: str) -> Async
 
 @dataclass
 class Box:
-    dimse_port: int
-    http_port: int
+    process: BoxProcess
     relay: LinkRelay
-    proc: subprocess.Popen[bytes]
+
+    @property
+    def dimse_port(self) -> int:
+        return self.process.dimse_port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self.process.url
 
 
 @pytest.fixture(scope="module")
 async def box(
     region: Region, finess: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Box]:
-    state = tmp_path_factory.mktemp("edge")
     relay = LinkRelay(region.leaf_port)
     await relay.start()
-    dimse_port, http_port = free_port(), free_port()
     token = region.issuer.mint(role="producer", sub=f"edge-{finess}", structure=finess)
-    env = {
-        **os.environ,
-        "KRYPTON_EDGE_STRUCTURE": finess,
-        "KRYPTON_EDGE_STATE_DIR": str(state),
-        "KRYPTON_EDGE_AE_TITLE": "KRYPTON_EDGE",
-        "KRYPTON_EDGE_DIMSE_HOST": "127.0.0.1",
-        "KRYPTON_EDGE_DIMSE_PORT": str(dimse_port),
-        "KRYPTON_EDGE_HTTP_PORT": str(http_port),
-        "KRYPTON_EDGE_HUB_LEAF_URL": f"nats-leaf://127.0.0.1:{relay.port}",
-        "KRYPTON_EDGE_REGION_DICOMWEB_URL": region.platform.dicomweb_url,
-        "KRYPTON_EDGE_REGION_TOKEN": token,
-        "KRYPTON_EDGE_CHUNK_BYTES": str(_CHUNK),
-        "KRYPTON_EDGE_ALLOWED_CALLING_AES": json.dumps(["MODALITY", "WORKSTATION"]),
-        "KRYPTON_EDGE_LOG_JSON": "true",
-    }
-    log = (state / "edge.log").open("wb")
-    proc = await asyncio.to_thread(
-        subprocess.Popen, [sys.executable, "-m", "krypton.edge"], env=env, stderr=log, stdout=log
+    process = await asyncio.to_thread(
+        start_box,
+        tmp_path_factory.mktemp("edge"),
+        finess,
+        f"nats-leaf://127.0.0.1:{relay.port}",
+        region.platform.dicomweb_url,
+        token,
+        ae_title="KRYPTON_EDGE",
+        chunk_bytes=_CHUNK,
+        allowed_calling_aes=["MODALITY", "WORKSTATION"],
     )
     try:
-        await asyncio.to_thread(wait_port, dimse_port, 60)
-        await asyncio.to_thread(wait_port, http_port, 60)
-        yield Box(dimse_port, http_port, relay, proc)
+        yield Box(process, relay)
     finally:
-        proc.terminate()
-        proc.wait(30)
-        if relay.server is not None:
-            await relay.cut()
+        await asyncio.to_thread(process.stop)
+        await relay.cut()
 
 
 def _files(study: SyntheticStudy, directory: Path) -> list[Path]:
