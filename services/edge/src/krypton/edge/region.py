@@ -41,7 +41,7 @@ from krypton.bus.audit import AuditPublisher, AuditUnavailableError
 from krypton.bus.codec import encode
 from krypton.bus.connect import connect
 from krypton.contracts import subjects
-from krypton.contracts.audit.v1 import AuditEventTypeValues, new_event
+from krypton.contracts.audit.v1 import AuditEvent, AuditEventTypeValues, new_event
 from krypton.contracts.common.v1 import Actor, RoleValues
 from krypton.contracts.edge.v1 import EdgeChunkHeaders
 from krypton.contracts.ingest.v1 import IngestReceived
@@ -59,7 +59,7 @@ __all__ = ["DURABLE", "BoxForwarder", "main"]
 DURABLE = "region"
 ISSUER = "krypton-edge"  # the Actor.issuer of what boxes produce: the leaf link, not a token
 _log = get_logger("krypton.edge.region")
-_RETRY = 2.0
+_RETRY = 1.0
 _AUDIT_NAMESPACE = uuid.UUID("6b0f5a3e-8d0c-4a57-9d0e-4c1e2d7a9e10")  # edge store event ids
 
 
@@ -160,6 +160,7 @@ class BoxForwarder:
         )
 
     async def _handle(self, msgs: list[Msg]) -> None:
+        complete: list[_Instance] = []
         for msg in msgs:
             headers = msg.headers or {}
             try:
@@ -180,16 +181,44 @@ class BoxForwarder:
                 instance.chunks[index] = msg
             if len(instance.chunks) == instance.count:
                 del self._pending[key]
-                await self._forward(instance)
+                complete.append(instance)
+        if complete:
+            await self._forward(complete)
 
-    async def _forward(self, instance: _Instance) -> None:
-        first = instance.chunks[0]
-        headers = first.headers or {}
+    async def _forward(self, instances: list[_Instance]) -> None:
+        """Stage, announce, audit, then ack the batch's complete instances.
+
+        Each step runs for the whole batch at once (one round trip, not one per instance). The
+        announcements are published in stream order: nats-py writes each publish to the
+        connection before awaiting its ack, and `gather` starts them in list order.
+        """
+        staged = [self._staged(instance) for instance in instances]
+        await asyncio.gather(*(self.store.put_bytes(key, data) for key, data, _, _ in staged))
+        await asyncio.gather(
+            *(
+                self.hub.publish(
+                    subjects.ingest_received(self.structure),
+                    encode(event),
+                    stream=subjects.INGEST_STREAM,
+                    headers={"Nats-Msg-Id": f"edge:{self.structure}:{sop}:{event.sha256}"},
+                    timeout=10.0,
+                )
+                for _, _, event, sop in staged
+            )
+        )
+        await asyncio.gather(*(self.audit.publish(self._record(e, sop)) for _, _, e, sop in staged))
+        msgs = [m for i in instances for m in (*i.chunks.values(), *i.extra)]
+        # A lost ack only means a redelivery, which ends as a duplicate: not worth failing for.
+        with contextlib.suppress(nats.errors.Error):
+            await asyncio.gather(*(m.ack_sync(timeout=10.0) for m in msgs))
+        self.forwarded_total += len(instances)
+
+    def _staged(self, instance: _Instance) -> tuple[str, bytes, IngestReceived, str]:
+        """Staging key, bytes, ingest announcement and SOP Instance UID of an instance."""
+        headers = instance.chunks[0].headers or {}
         sha = headers[EdgeChunkHeaders.SHA256]
-        sop = headers[EdgeChunkHeaders.SOP_INSTANCE_UID]
         data = b"".join(instance.chunks[i].data for i in range(instance.count))
         key = staging_key(f"edge-{self.structure}-{sha}")
-        await self.store.put_bytes(key, data)
         event = IngestReceived(
             staging_key=key,
             structure=self.structure,
@@ -199,32 +228,23 @@ class BoxForwarder:
             actor=self.actor,
             request_id=f"edge-{self.structure}",
         )
-        await self.hub.publish(
-            subjects.ingest_received(self.structure),
-            encode(event),
-            stream=subjects.INGEST_STREAM,
-            headers={"Nats-Msg-Id": f"edge:{self.structure}:{sop}:{sha}"},
-            timeout=10.0,
+        return key, data, event, headers[EdgeChunkHeaders.SOP_INSTANCE_UID]
+
+    def _record(self, event: IngestReceived, sop: str) -> AuditEvent:
+        """The store audit event of an instance, as the gateway records a STOW's.
+
+        Its id is derived from the instance, so that a redelivered instance is recorded once.
+        """
+        record = new_event(
+            AuditEventTypeValues.STORE,
+            self.actor,
+            instances=1,
+            resource=f"dimse:{subjects.edge_domain(self.structure)}",
+            detail={"sop_instance_uid": sop, "sha256": event.sha256},
+            service="edge-region",
         )
-        # Recorded like a STOW (the gateway audits those): who stored what, through which box.
-        # A deterministic id, so that a redelivered instance is recorded once.
-        record = msgspec.structs.replace(
-            new_event(
-                AuditEventTypeValues.STORE,
-                self.actor,
-                instances=1,
-                resource=f"dimse:{subjects.edge_domain(self.structure)}",
-                detail={"sop_instance_uid": sop, "sha256": sha},
-                service="edge-region",
-            ),
-            event_id=str(uuid.uuid5(_AUDIT_NAMESPACE, f"{self.structure}:{sop}:{sha}")),
-        )
-        await self.audit.publish(record)
-        msgs = [*instance.chunks.values(), *instance.extra]
-        # A lost ack only means a redelivery, which ends as a duplicate: not worth failing for.
-        with contextlib.suppress(nats.errors.Error):
-            await asyncio.gather(*(m.ack_sync(timeout=10.0) for m in msgs))
-        self.forwarded_total += 1
+        event_id = uuid.uuid5(_AUDIT_NAMESPACE, f"{self.structure}:{sop}:{event.sha256}")
+        return msgspec.structs.replace(record, event_id=str(event_id))
 
 
 async def run(settings: KryptonSettings, region: RegionEdgeSettings) -> None:
