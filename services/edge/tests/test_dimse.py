@@ -39,7 +39,7 @@ def server(tmp_path: Path, files: list[bytes]) -> Iterator[DimseServer]:
     )
     spool = Spool(tmp_path / "spool", limit)
     dimse = DimseServer(
-        settings, spool, RegionClient("http://127.0.0.1:9/dicomweb", "t"), lambda: None
+        settings, spool, RegionClient("http://127.0.0.1:9/dicomweb", lambda: "t"), lambda: None
     )
     dimse.start()
     yield dimse

@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="load demo data once the platform is ready")
     up.add_argument("--patients", type=int, default=300, help="synthetic demo patients")
     up.add_argument("--replicas", action="append", default=[], metavar="SERVICE=N")
+    up.add_argument(
+        "--leafnode-port",
+        type=int,
+        default=None,
+        help="open a NATS leaf node listener for edge boxes (e.g. 7422)",
+    )
     up.set_defaults(func=_cmd_up)
 
     run = sub.add_parser("run", help="run one service (production style)")

@@ -31,6 +31,7 @@ async def run_up(args: argparse.Namespace, state_dir: Path) -> int:
             nats_port=args.nats_port,
             issuer_port=args.issuer_port,
             replicas=_replicas(args.replicas),
+            leafnode_port=args.leafnode_port,
         )
     )
     stop = asyncio.Event()

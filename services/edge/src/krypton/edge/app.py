@@ -83,9 +83,7 @@ class EdgeBox:
             credentials=settings.hub_credentials,
         )
         self.region = RegionClient(
-            settings.region_dicomweb_url,
-            settings.region_token.get_secret_value(),
-            settings.region_timeout,
+            settings.region_dicomweb_url, self.region_token, settings.region_timeout
         )
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -125,7 +123,7 @@ class EdgeBox:
         app = create_app(
             self.status,
             self.settings.region_dicomweb_url,
-            self.settings.region_token.get_secret_value(),
+            self.region_token,
             self.settings.region_timeout,
         )
         config = uvicorn.Config(
@@ -145,6 +143,12 @@ class EdgeBox:
             nats=self.leaf.url,
             http_port=self.settings.http_port,
         )
+
+    def region_token(self) -> str:
+        """The box's token at the region: the token file's content if set, else the setting."""
+        if self.settings.region_token_file is not None:
+            return self.settings.region_token_file.read_text().strip()
+        return self.settings.region_token.get_secret_value()
 
     async def _provision(self) -> None:
         assert self.js is not None
@@ -206,6 +210,11 @@ class EdgeBox:
 
     async def _refresh(self, http: httpx.AsyncClient) -> None:
         assert self.js is not None
+        if not self.leaf.running:
+            # The box's own nats-server died: C-STORE goes on into the spool meanwhile, and
+            # the publisher resumes once it is back (same store, same stream, same position).
+            _log.error("box nats-server exited; restarting it")
+            await asyncio.to_thread(self.leaf.start)
         with contextlib.suppress(Exception):  # the local server restarting: keep last values
             info = await self.js.stream_info(subjects.EDGE_STREAM)
             state = info.state

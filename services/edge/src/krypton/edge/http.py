@@ -40,19 +40,18 @@ _PASS_ON = ("accept", "if-none-match", "if-modified-since", "range")
 
 
 def create_app(
-    status: Callable[[], EdgeStatus], region_url: str, token: str, timeout: float
+    status: Callable[[], EdgeStatus], region_url: str, token: Callable[[], str], timeout: float
 ) -> Starlette:
     """The box's HTTP application.
 
     Args:
         status: Returns the box's current status.
         region_url: The region's DICOMweb root.
-        token: The box's bearer token at the region.
+        token: Returns the box's bearer token at the region (asked for every request).
         timeout: Seconds for the region to start answering.
     """
     client = httpx.AsyncClient(
         base_url=region_url.rstrip("/") + "/",
-        headers={"Authorization": f"Bearer {token}"},
         timeout=httpx.Timeout(timeout, read=timeout * 4),
     )
 
@@ -65,6 +64,7 @@ def create_app(
     async def proxy(request: Request) -> Response:
         path = request.path_params["path"]
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_ON}
+        headers["Authorization"] = f"Bearer {token()}"
         upstream = client.build_request(
             "GET", path, params=list(request.query_params.multi_items()), headers=headers
         )

@@ -81,6 +81,11 @@ class LeafServer:
         )
         wait_port(self.port, 30)
 
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         """Stop the server (SIGTERM: it flushes its store)."""
         if self.proc is None:

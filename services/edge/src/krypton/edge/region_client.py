@@ -7,7 +7,7 @@ with that token sees, no more. Used from pynetdicom's handler threads, hence syn
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -32,14 +32,26 @@ class RegionClient:
 
     Args:
         dicomweb_url: The gateway's DICOMweb root (`.../dicomweb`).
-        token: The box's bearer token.
+        token: Returns the box's bearer token (asked for every request: it may rotate).
         timeout: Seconds per HTTP request.
     """
 
-    def __init__(self, dicomweb_url: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(self, dicomweb_url: str, token: Callable[[], str], timeout: float = 30.0):
         self.url = dicomweb_url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.token = token
         self.timeout = timeout
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Authorization for one request.
+
+        Raises:
+            RegionError: The token cannot be read (its file missing, say).
+        """
+        try:
+            return {"Authorization": f"Bearer {self.token()}"}
+        except OSError as exc:
+            raise RegionError(None, f"no token for the region: {exc!r}") from exc
 
     def search(self, path: str, params: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
         """Every result of a QIDO search, page by page.

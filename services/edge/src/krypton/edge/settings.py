@@ -46,6 +46,8 @@ class EdgeSettings(BaseSettings):
     # `producer` token of this structure, so the access policy applies to the box as a whole.
     region_dicomweb_url: str = "http://127.0.0.1:8080/dicomweb"
     region_token: SecretStr = SecretStr("")
+    # Or a file holding it, read again for every request, so that an agent can rotate it.
+    region_token_file: Path | None = None
     region_timeout: float = 30.0
     log_level: str = "INFO"
     log_json: bool | None = None
