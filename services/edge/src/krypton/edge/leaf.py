@@ -10,7 +10,10 @@ cut.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +63,7 @@ class LeafServer:
         if self.max_store_bytes:
             jetstream["max_file_store"] = self.max_store_bytes
         config = {
+            "pid_file": str(self.pid_file),
             "host": "127.0.0.1",
             "port": self.port,
             "http": f"127.0.0.1:{self.monitor_port}",
@@ -69,9 +73,29 @@ class LeafServer:
         }
         return json.dumps(config, indent=2)
 
+    @property
+    def pid_file(self) -> Path:
+        """Where the server writes its process id."""
+        return self.store_dir / "nats-server.pid"
+
+    def _stop_orphan(self) -> None:
+        """Stop a server a crashed box left running on this store (it would hold the store)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nats-server" not in cmdline or str(self.store_dir).encode() not in cmdline:
+            return  # the pid was reused by something else: not ours to stop
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+
     def start(self) -> None:
         """Write the configuration and start the server; return when it accepts clients."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
         config = self.store_dir / "leaf.conf"
         config.write_text(self.config_text())
         self.proc = subprocess.Popen(

@@ -90,7 +90,7 @@ class BoxForwarder:
         structure: str,
         *,
         batch: int = 64,
-        ack_wait: float = 60.0,
+        ack_wait: float = 30.0,
     ) -> None:
         self.structure = subjects.safe_token(structure)
         self.store = store
@@ -137,7 +137,10 @@ class BoxForwarder:
             ) as exc:
                 if not down:
                     _log.warning(
-                        "edge box unreachable; retrying", structure=self.structure, error=repr(exc)
+                        "edge box unreachable; retrying",
+                        structure=self.structure,
+                        # No traceback: its frames' locals would put DICOM bytes in the log.
+                        error=repr(exc),
                     )
                     down = True
                 if isinstance(exc, APIError | nats.errors.NoRespondersError):
@@ -182,8 +185,17 @@ class BoxForwarder:
             if len(instance.chunks) == instance.count:
                 del self._pending[key]
                 complete.append(instance)
-        if complete:
+        if not complete:
+            return
+        try:
             await self._forward(complete)
+        except BaseException:
+            # Back to the box at once rather than after ack_wait; if the link is down this
+            # fails too, and the box redelivers them after ack_wait anyway.
+            msgs = [m for i in complete for m in (*i.chunks.values(), *i.extra)]
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*(m.nak(delay=1.0) for m in msgs))
+            raise
 
     async def _forward(self, instances: list[_Instance]) -> None:
         """Stage, announce, audit, then ack the batch's complete instances.

@@ -64,4 +64,4 @@ class RegionEdgeSettings(BaseSettings):
     # `edge-<finess>`, and what arrives from it is attributed to that structure and no other.
     boxes: list[str] = Field(default_factory=list)
     batch: int = 64
-    ack_wait: float = 60.0
+    ack_wait: float = 30.0  # a chunk lost with a flapping link comes back after this

@@ -78,7 +78,29 @@ class BoxProcess:
 
     dimse_port: int
     http_port: int
-    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the box; return once it listens for DIMSE and HTTP."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "krypton.edge"], env=self.env, stdout=out, stderr=out
+            )
+        try:
+            wait_port(self.dimse_port, 60)
+            wait_port(self.http_port, 60)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: a power cut as far as the box's own process is concerned."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
 
     @property
     def url(self) -> str:
@@ -87,12 +109,15 @@ class BoxProcess:
 
     def stop(self) -> None:
         """SIGTERM, then wait."""
+        if self.proc is None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self.proc = None
 
 
 def start_box(
@@ -130,17 +155,8 @@ def start_box(
     for key, value in settings.items():
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
         env[f"KRYPTON_EDGE_{key.upper()}"] = text
-    with (state_dir / "edge.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "krypton.edge"], env=env, stdout=log, stderr=log
-        )
-    box = BoxProcess(dimse_port, http_port, proc)
-    try:
-        wait_port(dimse_port, 60)
-        wait_port(http_port, 60)
-    except TimeoutError:
-        box.stop()
-        raise
+    box = BoxProcess(dimse_port, http_port, env, state_dir / "edge.log")
+    box.start()
     return box
 
 
