@@ -32,7 +32,6 @@ class LeafServer:
     hub_leaf_url: str
     port: int = 0
     monitor_port: int = 0
-    max_store_bytes: int = 0
     credentials: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -60,8 +59,6 @@ class LeafServer:
             "domain": subjects.edge_domain(self.structure),
             "sync_interval": "always",
         }
-        if self.max_store_bytes:
-            jetstream["max_file_store"] = self.max_store_bytes
         config = {
             "pid_file": str(self.pid_file),
             "host": "127.0.0.1",
