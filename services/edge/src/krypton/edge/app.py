@@ -36,6 +36,7 @@ from krypton.edge.leaf import LeafServer
 from krypton.edge.region_client import RegionClient
 from krypton.edge.settings import EdgeSettings
 from krypton.edge.spool import Spool
+from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["EdgeBox", "main"]
 
@@ -276,6 +277,7 @@ def main() -> None:
     """`python -m krypton.edge` / `krypton edge`."""
     settings = EdgeSettings()  # structure: from the environment (KRYPTON_EDGE_STRUCTURE)
     configure_logging("edge", settings.log_level, settings.log_json)
+    setup_telemetry("edge")
     if settings.log_level.upper() != "DEBUG":
         # One line per C-STORE and per status poll is debugging detail, not an operator's log.
         for name in ("pynetdicom", "httpx"):

@@ -35,6 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
+from opentelemetry import trace
 
 from krypton.bus import streams
 from krypton.bus.audit import AuditPublisher, AuditUnavailableError
@@ -53,12 +54,14 @@ from krypton.storage.base import ObjectStore
 from krypton.storage.errors import StorageUnavailable
 from krypton.storage.factory import open_store
 from krypton.storage.keys import staging_key
+from krypton.telemetry.setup import setup_telemetry
 
 __all__ = ["DURABLE", "BoxForwarder", "main"]
 
 DURABLE = "region"
 ISSUER = "krypton-edge"  # the Actor.issuer of what boxes produce: the leaf link, not a token
 _log = get_logger("krypton.edge.region")
+_tracer = trace.get_tracer("krypton.edge.region")
 _RETRY = 1.0
 _AUDIT_NAMESPACE = uuid.UUID("6b0f5a3e-8d0c-4a57-9d0e-4c1e2d7a9e10")  # edge store event ids
 
@@ -204,6 +207,13 @@ class BoxForwarder:
         announcements are published in stream order: nats-py writes each publish to the
         connection before awaiting its ack, and `gather` starts them in list order.
         """
+        with _tracer.start_as_current_span(
+            "edge.forward",
+            attributes={"krypton.structure": self.structure, "krypton.instances": len(instances)},
+        ):
+            await self._forward_traced(instances)
+
+    async def _forward_traced(self, instances: list[_Instance]) -> None:
         staged = [self._staged(instance) for instance in instances]
         await asyncio.gather(*(self.store.put_bytes(key, data) for key, data, _, _ in staged))
         await asyncio.gather(
@@ -289,6 +299,7 @@ def main() -> None:
     """`python -m krypton.edge.region`."""
     settings = KryptonSettings()
     configure_logging("edge-region", settings.log_level, settings.log_json)
+    setup_telemetry("edge-region")
     asyncio.run(run(settings, RegionEdgeSettings()))
 
 

@@ -17,14 +17,15 @@ __all__ = ["EdgeChunkHeaders", "EdgeStatus", "LinkStateValues"]
 class EdgeChunkHeaders:
     """Header names of one chunk message (values are ASCII strings)."""
 
-    INSTANCE: Final = "Krypton-Edge-Instance"  # the box's spool id of the instance
+    # `<sop>:<sha256>`: chunks of one content group together, whichever reception they came
+    # from (a republish after a crash may complete an instance begun before it).
+    INSTANCE: Final = "Krypton-Edge-Instance"
     INDEX: Final = "Krypton-Edge-Chunk"  # 0-based index of this chunk
     COUNT: Final = "Krypton-Edge-Chunks"  # number of chunks of the instance
     SIZE: Final = "Krypton-Edge-Size"  # bytes of the whole instance
     SHA256: Final = "Krypton-Edge-Sha256"  # hex SHA-256 of the whole instance
     SOP_INSTANCE_UID: Final = "Krypton-Edge-Sop-Instance-Uid"
     RECEIVED_AT: Final = "Krypton-Edge-Received-At"  # ISO 8601 UTC, when the box stored it
-    CALLING_AE: Final = "Krypton-Edge-Calling-Ae"  # who sent it to the box (for the audit)
 
 
 class LinkStateValues:
