@@ -321,15 +321,22 @@ async def test_instances_reach_the_region_once_across_a_cut_link(
         total = sum(_instances(study) for study in [*before, *during])
         audit_url = f"{region.platform.base_url}/api/audit/events"
 
+        seen: list[int] = []
+
         async def stores() -> list[dict[str, Any]] | None:
             response = await client.get(
                 audit_url, headers=admin, params={"type": "store", "actor": f"edge-{finess}"}
             )
             assert response.status_code in (200, 503), response.text
             found = response.json() if response.status_code == 200 else []
+            seen.append(len(found))
             return found if len(found) >= total else None
 
-        events = await _until("store events audited", stores)
+        try:
+            # The audit service is the slowest consumer on a loaded machine: a generous wait.
+            events = await _until(f"{total} store events audited", stores, timeout=180.0)
+        finally:
+            print("audit counts seen", seen[-5:])  # noqa: T201
         assert len(events) == total
         assert {e["event"]["actor"]["structure"] for e in events} == {finess}
 

@@ -12,6 +12,7 @@ __all__ = [
     "AUDIT_CHECKPOINT",
     "AUDIT_EVENT",
     "AUDIT_STREAM",
+    "EDGE_FORWARDED_BUCKET",
     "EDGE_INSTANCE",
     "EDGE_STREAM",
     "INGEST_RECEIVED",
@@ -151,3 +152,7 @@ def edge_instance(structure: str) -> str:
 def edge_domain(structure: str) -> str:
     """JetStream domain of the edge box of `structure` (its leaf nats-server)."""
     return f"edge-{safe_token(structure)}"
+# Key-value bucket (in the region) of the instances the region's edge forwarder took from boxes,
+# keyed `<finess>.<sha256>`: a chunk redelivered after its instance was forwarded (an ack lost
+# with the link) is recognised and acked instead of waiting forever for its siblings.
+EDGE_FORWARDED_BUCKET: Final = "KRYPTON_EDGE_FORWARDED"

@@ -33,8 +33,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from krypton.bus import streams
@@ -56,7 +57,7 @@ from krypton.storage.factory import open_store
 from krypton.storage.keys import staging_key
 from krypton.telemetry.setup import setup_telemetry
 
-__all__ = ["DURABLE", "BoxForwarder", "main"]
+__all__ = ["DURABLE", "BoxForwarder", "forwarded_bucket", "main"]
 
 DURABLE = "region"
 ISSUER = "krypton-edge"  # the Actor.issuer of what boxes produce: the leaf link, not a token
@@ -104,6 +105,7 @@ class BoxForwarder:
         self.ack_wait = ack_wait
         self.forwarded_total = 0
         self._pending: dict[str, _Instance] = {}
+        self.forwarded: KeyValue  # bound in `run`
         self.actor = Actor(
             sub=subjects.edge_domain(structure),
             role=RoleValues.PRODUCER,
@@ -114,6 +116,7 @@ class BoxForwarder:
     async def run(self) -> None:
         """Forward until cancelled, riding out link failures."""
         await streams.provision(self.hub, (streams.INGEST, streams.AUDIT))
+        self.forwarded = await forwarded_bucket(self.hub)
         sub: JetStreamContext.PullSubscription | None = None
         down = False
         while True:
@@ -188,6 +191,13 @@ class BoxForwarder:
             if len(instance.chunks) == instance.count:
                 del self._pending[key]
                 complete.append(instance)
+            elif msg.metadata.num_delivered > 1 and await self._already_forwarded(headers):
+                # A redelivered chunk of an instance forwarded earlier (its ack was lost with
+                # the link): its siblings are gone from the box and will never come.
+                del self._pending[key]
+                stale = [*instance.chunks.values(), *instance.extra]
+                with contextlib.suppress(nats.errors.Error):
+                    await asyncio.gather(*(m.ack_sync(timeout=10.0) for m in stale))
         if not complete:
             return
         try:
@@ -229,11 +239,24 @@ class BoxForwarder:
             )
         )
         await asyncio.gather(*(self.audit.publish(self._record(e, sop)) for _, _, e, sop in staged))
+        await asyncio.gather(
+            *(self.forwarded.put(f"{self.structure}.{e.sha256}", b"1") for _, _, e, _ in staged)
+        )
         msgs = [m for i in instances for m in (*i.chunks.values(), *i.extra)]
         # A lost ack only means a redelivery, which ends as a duplicate: not worth failing for.
         with contextlib.suppress(nats.errors.Error):
             await asyncio.gather(*(m.ack_sync(timeout=10.0) for m in msgs))
         self.forwarded_total += len(instances)
+
+    async def _already_forwarded(self, headers: dict[str, str]) -> bool:
+        sha = headers.get(EdgeChunkHeaders.SHA256, "")
+        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+            return False
+        try:
+            await self.forwarded.get(f"{self.structure}.{sha}")
+        except KeyNotFoundError:
+            return False
+        return True
 
     def _staged(self, instance: _Instance) -> tuple[str, bytes, IngestReceived, str]:
         """Staging key, bytes, ingest announcement and SOP Instance UID of an instance."""
@@ -267,6 +290,23 @@ class BoxForwarder:
         )
         event_id = uuid.uuid5(_AUDIT_NAMESPACE, f"{self.structure}:{sop}:{event.sha256}")
         return msgspec.structs.replace(record, event_id=str(event_id))
+
+
+async def forwarded_bucket(js: JetStreamContext) -> KeyValue:
+    """The bucket of forwarded instances, created on first use.
+
+    Entries expire after 30 days: far longer than any redelivery takes to come back.
+    """
+    try:
+        return await js.key_value(subjects.EDGE_FORWARDED_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.EDGE_FORWARDED_BUCKET,
+                ttl=30 * 86_400.0,
+                storage=StorageType.FILE,
+            )
+        )
 
 
 async def run(settings: KryptonSettings, region: RegionEdgeSettings) -> None:
