@@ -4,6 +4,7 @@ krypton up [--demo]           the whole platform on this machine (embedded defau
 krypton run SERVICE           one service against configured NATS / PostgreSQL / storage
 krypton token --role ROLE ... a signed development token
 krypton demo load             demo data through the public DICOMweb API
+krypton edge [box|region]     the producer edge box (DIMSE, store-and-forward), or its region side
 """
 
 from __future__ import annotations
@@ -90,6 +91,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_edge(args: argparse.Namespace) -> int:
+    if args.side == "region":
+        from krypton.edge.region import main as region_main
+
+        region_main()
+    else:
+        from krypton.edge.app import main as box_main
+
+        box_main()
+    return 0
+
+
 def _embedded_dsn(state_dir: Path) -> None:
     """Point maintenance commands at the embedded PostgreSQL of `krypton up` unless told otherwise."""
     dsn_file = state_dir / "pg-dsn"
@@ -112,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="load demo data once the platform is ready")
     up.add_argument("--patients", type=int, default=300, help="synthetic demo patients")
     up.add_argument("--replicas", action="append", default=[], metavar="SERVICE=N")
+    up.add_argument(
+        "--leafnode-port",
+        type=int,
+        default=None,
+        help="open a NATS leaf node listener for edge boxes (e.g. 7422)",
+    )
     up.set_defaults(func=_cmd_up)
 
     run = sub.add_parser("run", help="run one service (production style)")
@@ -144,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=20261123)
     load.add_argument("--no-pydicom-files", action="store_true")
     load.set_defaults(func=_cmd_demo)
+
+    edge = sub.add_parser(
+        "edge",
+        help="the producer edge box (settings: KRYPTON_EDGE_*), or its region-side forwarder",
+    )
+    edge.add_argument("side", nargs="?", choices=["box", "region"], default="box")
+    edge.set_defaults(func=_cmd_edge)
     return parser
 
 

@@ -13,6 +13,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +46,8 @@ class PlatformConfig:
     # Per-service NATS users with the production permissions (`krypton.bus.permissions`);
     # nats-server then logs to `<state>/nats/nats.log`, permission violations included.
     nats_auth: bool = False
+    # Leaf node listener for edge boxes (issue 10); None = no listener.
+    leafnode_port: int | None = None
 
 
 class Platform:
@@ -111,7 +114,10 @@ class Platform:
             log = self.state_dir / "nats" / "nats.log"
             extra_config = f'log_file: "{log}"\n' + nats_authorization(self.nats_passwords)
         self.nats = await asyncio.to_thread(
-            start_nats, self.state_dir / "nats", self.nats_port, extra_config
+            partial(start_nats, leafnode_port=self.config.leafnode_port),
+            self.state_dir / "nats",
+            self.nats_port,
+            extra_config,
         )
         self.pg_dsn = await asyncio.to_thread(start_postgres, self.state_dir / "pg")
         # Maintenance commands (`krypton audit verify`) find the embedded database here.

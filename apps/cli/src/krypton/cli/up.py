@@ -32,6 +32,7 @@ async def run_up(args: argparse.Namespace, state_dir: Path) -> int:
             issuer_port=args.issuer_port,
             replicas=_replicas(args.replicas),
             metrics="default",
+            leafnode_port=args.leafnode_port,
         )
     )
     stop = asyncio.Event()

@@ -14,7 +14,16 @@ from nats.js.errors import BadRequestError
 
 from krypton.contracts import subjects
 
-__all__ = ["ALL_STREAMS", "AUDIT", "INGEST", "INSTANCES", "POLICY", "StreamSpec", "provision"]
+__all__ = [
+    "ALL_STREAMS",
+    "AUDIT",
+    "EDGE",
+    "INGEST",
+    "INSTANCES",
+    "POLICY",
+    "StreamSpec",
+    "provision",
+]
 
 _DAY = 86_400.0
 
@@ -96,3 +105,17 @@ async def provision(
         except BadRequestError:
             # Already exists with another configuration (or a race with another replica).
             await js.update_stream(config)
+
+
+# The edge box's own stream (issue 10), on the box's leaf nats-server only, never in the region:
+# received instances in chunks, held until the region's edge forwarder takes them (work queue:
+# an acked chunk is gone). Nothing expires; the box bounds the stream's size itself
+# (`max_bytes`, DiscardPolicy.NEW) so that a full spool refuses new instances, never drops one.
+# An hour of de-duplication covers a box that republishes after a crash.
+EDGE = StreamSpec(
+    name=subjects.EDGE_STREAM,
+    subjects=(f"{subjects.EDGE_INSTANCE}.>",),
+    retention=RetentionPolicy.WORK_QUEUE,
+    max_age=0,
+    duplicate_window=3600.0,
+)

@@ -12,6 +12,9 @@ __all__ = [
     "AUDIT_CHECKPOINT",
     "AUDIT_EVENT",
     "AUDIT_STREAM",
+    "EDGE_FORWARDED_BUCKET",
+    "EDGE_INSTANCE",
+    "EDGE_STREAM",
     "INGEST_RECEIVED",
     "INGEST_STREAM",
     "INSTANCES_STREAM",
@@ -32,6 +35,8 @@ __all__ = [
     "SVC_RENDER_FRAME",
     "SVC_TRANSCODE_INSTANCE",
     "audit_event",
+    "edge_domain",
+    "edge_instance",
     "ingest_received",
     "instance_rejected",
     "instance_stored",
@@ -128,3 +133,28 @@ def svc_authz(op: str) -> str:
     for token in op.split("."):
         safe_token(token)
     return f"{SVC_AUTHZ}.{op}"
+
+
+# --- producer edge box (issue 10) ----------------------------------------------------------
+# On the box's own nats-server (a leaf node of the region, JetStream domain `edge-<finess>`):
+# each received instance is published in chunks on `edge.instance.<finess>` into the box's
+# EDGE stream; the region's edge forwarder pulls them across the leaf link through the
+# domain's API prefix. The subject never reaches a regional stream (none listens on `edge.>`).
+EDGE_STREAM: Final = "KRYPTON_EDGE"
+EDGE_INSTANCE: Final = f"{PREFIX}.edge.instance"
+
+
+def edge_instance(structure: str) -> str:
+    """Subject of an instance chunk received by the edge box of `structure`."""
+    return f"{EDGE_INSTANCE}.{safe_token(structure)}"
+
+
+def edge_domain(structure: str) -> str:
+    """JetStream domain of the edge box of `structure` (its leaf nats-server)."""
+    return f"edge-{safe_token(structure)}"
+
+
+# Key-value bucket (in the region) of the instances the region's edge forwarder took from boxes,
+# keyed `<finess>.<sha256>`: a chunk redelivered after its instance was forwarded (an ack lost
+# with the link) is recognised and acked instead of waiting forever for its siblings.
+EDGE_FORWARDED_BUCKET: Final = "KRYPTON_EDGE_FORWARDED"

@@ -94,16 +94,28 @@ class NatsServer:
         self.proc = None
 
 
-def start_nats(store_dir: Path, port: int | None = None, extra_config: str = "") -> NatsServer:
+def start_nats(
+    store_dir: Path,
+    port: int | None = None,
+    extra_config: str = "",
+    *,
+    leafnode_port: int | None = None,
+) -> NatsServer:
     """Start nats-server with JetStream on `port` (free one by default) storing in `store_dir`.
 
-    `extra_config` is appended to the configuration file (e.g. an `authorization` block).
+    `extra_config` is appended to the configuration file (e.g. an `authorization` block);
+    `leafnode_port` also opens a leaf node listener on it (edge boxes connect there).
     """
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     config = store_dir / "nats.conf"
     # max_payload only exists in the config file; 8 MiB lets a rendered frame ride a reply.
-    config.write_text(f"max_payload: {8 * 1024 * 1024}\n{extra_config}")
+    text = f"max_payload: {8 * 1024 * 1024}\n"
+    if leafnode_port:
+        # no_advertise: a leaf reconnects only to the URL it was given, never to addresses the
+        # hub gossips (behind NAT or a relay those are unreachable or bypass the relay).
+        text += f'leafnodes {{ listen: "127.0.0.1:{leafnode_port}", no_advertise: true }}\n'
+    config.write_text(text + extra_config)
     args = [
         venv_binary("nats-server"),
         "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir), "-c", str(config),
