@@ -1102,7 +1102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument("--keep-indexes", action="store_true", help="COPY with indexes in place")
     parser.add_argument("--state-dir", type=Path, help="default .state/bench-<studies>")
-    parser.add_argument("--dsn", help="an existing database instead of the embedded one")
+    parser.add_argument(
+        "--dsn", help="an existing database instead of the embedded one (objects: --state-dir)"
+    )
 
 
 def state_dir_of(args: argparse.Namespace) -> Path:

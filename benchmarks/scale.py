@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -431,6 +432,28 @@ def report(result: dict[str, Any]) -> None:
         )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def _platform(state_dir: Path, dsn: str | None) -> AsyncIterator[Any]:
+    """The embedded platform on the population's database (`dsn` when it lives elsewhere)."""
+    if dsn is None:
+        async with started_platform(state_dir) as platform:
+            yield platform
+        return
+    from krypton.cli.platform import Platform, PlatformConfig
+
+    # The services read KRYPTON_PG_DSN; the embedded server the platform also starts idles.
+    platform = Platform(
+        PlatformConfig(state_dir=state_dir, http_port=0, nats_port=0, issuer_port=0,
+                       log_level="WARNING", extra_env={"KRYPTON_PG_DSN": dsn}),
+        colour=False,
+    )  # fmt: skip
+    try:
+        await platform.start(timeout=120)
+        yield platform
+    finally:
+        await platform.stop()
+
+
 async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; return (and save) its result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -466,8 +489,8 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     krypton: dict[str, Any] = {}
     log("starting the platform on the population's database")
-    async with started_platform(state_dir) as platform:
-        pg_version = await postgres_version(platform.pg_dsn)
+    async with _platform(state_dir, args.dsn) as platform:
+        pg_version = await postgres_version(dsn)
         issuer = DevIssuer(platform.state_dir / "issuer", platform.issuer_url)
         tokens = {
             "professional": issuer.mint(
@@ -534,7 +557,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "http_concurrent": {k.split("|")[0]: v for k, v in wado.items() if "clients" in k},
             }
         log("EXPLAIN (ANALYZE, BUFFERS)")
-        pool = await asyncpg.create_pool(platform.pg_dsn, min_size=1, max_size=1)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
         try:
             krypton["plans"] = await explain(pool, pools, actors, platform.dicomweb_url)
         finally:
