@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -75,6 +76,9 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
+            # A supervisor killed without its cleanup (SIGKILL, an unhandled SIGTERM) must not
+            # leave services running on its ports: the kernel ends them with it.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         child.proc = proc
         child.started_at = time.monotonic()
@@ -137,3 +141,12 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """In the child, before exec: receive SIGTERM when the supervisor's process dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
