@@ -6,7 +6,9 @@ is clean (413/429 problem+json, or a DICOM failure reason with a quarantine row)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from io import BytesIO
@@ -148,3 +150,23 @@ async def test_an_actor_over_its_rate_gets_429_with_retry_after(platform: Runnin
         assert (await client.get(f"{platform.url}/studies", headers=other)).status_code == 200
     assert statuses[0] == 200
     assert 429 in statuses
+
+
+async def test_a_control_byte_in_a_header_gets_a_400_problem(platform: Running) -> None:
+    # httpx refuses to send such a header: a raw request line it is.
+    host, port = platform.platform.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    token = _producer(platform, "control-byte")["Authorization"]
+    writer.write(
+        b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        b"Content-Type: multipart/related\x01; boundary=x\r\n"
+        + f"Authorization: {token}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split()[1] == b"400", answer[:300]
+    assert b"content-type: application/problem+json" in head.lower()
+    assert json.loads(body)["status"] == 400
