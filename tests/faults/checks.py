@@ -95,13 +95,18 @@ async def retrievable(
     for instance in acked.values():
         by_study[instance.study_uid].add(instance.sha256)
     wrong: list[str] = []
-    for study, digests in by_study.items():
-        response = await client.get(f"{url}/studies/{study}", headers=headers)
+    gate = asyncio.Semaphore(4)
+
+    async def check(study: str, digests: set[str]) -> None:
+        async with gate:
+            response = await client.get(f"{url}/studies/{study}", headers=headers)
         if response.status_code != 200:
             wrong.append(f"{study}: {response.status_code}")
-            continue
+            return
         got = {hashlib.sha256(p).hexdigest() for p in parse_multipart(response)}
-        wrong += [f"{study}: {d} missing" for d in digests - got]
+        wrong.extend(f"{study}: {d} missing" for d in digests - got)
+
+    await asyncio.gather(*(check(s, d) for s, d in by_study.items()))
     return wrong
 
 

@@ -23,10 +23,10 @@ RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 # The platform under test: verdicts a client waits for are bounded at 8 s (a crashed ingest's
 # uploads come back after its 30 s ack wait; the client resends sooner), and the gateway
-# refuses new uploads once 60 wait in the ingest stream (backpressure).
+# refuses new uploads once 30 wait in the ingest stream (backpressure).
 PLATFORM_ENV = {
     "KRYPTON_STOW_RESULT_TIMEOUT": "8",
-    "KRYPTON_INGEST_BACKLOG_LIMIT": "60",
+    "KRYPTON_INGEST_BACKLOG_LIMIT": "30",
 }
 
 

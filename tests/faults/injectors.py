@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import nats
+
 from krypton.cli.platform import Platform
 
 __all__ = ["Fault", "Injector"]
@@ -35,6 +37,7 @@ class Fault:
     held_s: float = 0.0
     recovered_s: float = 0.0  # from the end of the fault until /readyz said ready
     note: str = ""
+    problems: list[str] = field(default_factory=list)  # what did not survive it
 
 
 @dataclass
@@ -58,11 +61,22 @@ class Injector:
         """kill -9 nats-server, keep it down for `hold`, start it on the same port and store."""
         nats = self.platform.nats
         assert nats is not None
+        before = await _stream_sequences(nats.url)
         started = time.monotonic()
         await asyncio.to_thread(nats.stop, kill=True)
         await asyncio.sleep(self.hold)  # the fault's duration, not a synchronisation
         await asyncio.to_thread(nats.start)
         fault = Fault("kill -9 nats-server, restart", "server", held_s=time.monotonic() - started)
+        # JetStream's file store must come back with every stream and message it had.
+        after = await _stream_sequences(nats.url)
+        fault.note = "last sequences kept: " + ", ".join(
+            f"{name} {before[name]}->{after.get(name)}" for name in sorted(before)
+        )
+        fault.problems = [
+            f"{name} went back from {seq} to {after.get(name)}"
+            for name, seq in before.items()
+            if after.get(name, -1) < seq
+        ]
         return await self._recovered(fault, time.monotonic())
 
     async def restart_postgres(self) -> Fault:
@@ -132,6 +146,18 @@ class Injector:
         fault.held_s = round(fault.held_s, 2)
         self.done.append(fault)
         return fault
+
+
+async def _stream_sequences(url: str) -> dict[str, int]:
+    """Last sequence of every JetStream stream."""
+    nc = await nats.connect(url, name="faults-injector", max_reconnect_attempts=30)
+    try:
+        return {
+            str(info.config.name): int(info.state.last_seq)
+            for info in await nc.jetstream().streams_info()
+        }
+    finally:
+        await nc.close()
 
 
 def _chattr(flag: str, targets: list[Path]) -> None:

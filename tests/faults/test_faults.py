@@ -77,7 +77,7 @@ def _machine() -> dict[str, Any]:
 async def test_nothing_acknowledged_is_lost_under_faults(
     platform: Running, campaign: Campaign
 ) -> None:
-    injector = Injector(platform.platform, hold=5.0 if campaign.soak else 2.0)
+    injector = Injector(platform.platform, hold=5.0 if campaign.soak else 1.5)
     load = Load(
         url=platform.url,
         producer=platform.headers("producer", f"ris-{STRUCTURE}", structure=STRUCTURE),
@@ -151,6 +151,7 @@ async def test_nothing_acknowledged_is_lost_under_faults(
     assert not ledger.unclean, ledger.unclean[:20]
     assert all_acked, f"{load.pending} instances never acknowledged"
     assert len(injector.done) >= len(_faults(injector))
+    assert not [p for f in injector.done for p in f.problems], injector.done
     assert index["missing_from_index"] == [], index["missing_from_index"][:10]
     assert index["indexed_more_than_once"] == []
     n = len(ledger.acked)
