@@ -86,9 +86,15 @@ async def test_nothing_acknowledged_is_lost_under_faults(
         rate=12.0,
     )
     started = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - started - sum(phases.values()), 1)
+
     await load.start()
     try:
         assert await _until(lambda: len(load.ledger.acked) >= 8, 90), load.ledger
+        phase("warm-up")
         rounds = 0
         while True:
             for _, inject in _faults(injector):
@@ -99,8 +105,10 @@ async def test_nothing_acknowledged_is_lost_under_faults(
             rounds += 1
             if not campaign.soak or time.monotonic() - started > campaign.seconds:
                 break
+        phase("faults")
         load.stop_supply()
         all_acked = await load.wait_all_acked(timeout=120)
+        phase("resend until acknowledged")
     finally:
         await load.stop()
     ledger = load.ledger
@@ -112,6 +120,7 @@ async def test_nothing_acknowledged_is_lost_under_faults(
     async with httpx.AsyncClient(timeout=60.0) as client:
         wrong = await retrievable(client, platform.url, load.reader, ledger.acked)
     audit = await audit_once(nats_url, dsn)
+    phase("checks")
 
     lost = len(index["missing_from_index"]) + len(wrong)
     requests = sum(ledger.requests.values())
@@ -124,6 +133,7 @@ async def test_nothing_acknowledged_is_lost_under_faults(
         f"failure reasons (resent) {dict(ledger.failure_reasons)}; dropped connections "
         f"{ledger.dropped}; unclean {len(ledger.unclean)}",
         f"audit {audit}",
+        f"phases (s) {phases}",
     ]
     campaign.record(
         {
@@ -144,6 +154,7 @@ async def test_nothing_acknowledged_is_lost_under_faults(
             "consumers": consumers,
             "unclean": ledger.unclean,
             "duration_s": round(time.monotonic() - started, 1),
+            "phases_s": phases,
             "platform_env": PLATFORM_ENV,
             "machine": _machine(),
         }
