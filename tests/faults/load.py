@@ -111,7 +111,17 @@ class Ledger:
     statuses: Counter[str] = field(default_factory=Counter)  # "stow 503", "wado 200", ...
     failure_reasons: Counter[str] = field(default_factory=Counter)  # hex code -> count
     acked: dict[str, Instance] = field(default_factory=dict)  # SOP UID -> instance
-    dropped: int = 0  # connection refused or reset (the gateway process was down)
+    dropped: int = 0  # connection refused or reset while the gateway process was down
+    dropped_otherwise: int = 0  # the same while the gateway was meant to be up (reported)
+    gateway_down: bool = False  # set by the test around a kill of the gateway
+
+    def drop(self) -> None:
+        """Count a dropped connection."""
+        if self.gateway_down:
+            self.dropped += 1
+        else:
+            self.dropped_otherwise += 1
+
     unclean: list[str] = field(default_factory=list)
 
     def flag(self, what: str) -> None:
@@ -252,7 +262,7 @@ class Load:
             ledger.flag(f"stow hang past {self.timeout} s")
             return batch, 0.5
         except httpx.TransportError:
-            ledger.dropped += 1
+            ledger.drop()
             return batch, 0.3
         status = response.status_code
         if status in (200, 202, 409) and response.headers.get("content-type", "").startswith(
@@ -308,7 +318,7 @@ class Load:
             self.ledger.flag(f"{kind} hang past {self.timeout} s")
             return None
         except httpx.TransportError:
-            self.ledger.dropped += 1
+            self.ledger.drop()
             await asyncio.sleep(0.3)
             return None
         if response.status_code == 200:

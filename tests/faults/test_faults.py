@@ -97,9 +97,13 @@ async def test_nothing_acknowledged_is_lost_under_faults(
         phase("warm-up")
         rounds = 0
         while True:
-            for _, inject in _faults(injector):
+            for name, inject in _faults(injector):
                 before = len(load.ledger.acked)
-                await inject()
+                load.ledger.gateway_down = name == "kill gateway"
+                try:
+                    await inject()
+                finally:
+                    load.ledger.gateway_down = False
                 # Some load goes through between two faults (a fault never hides another).
                 await _until(lambda b=before: len(load.ledger.acked) >= b + 4, 60)  # type: ignore[misc]
             rounds += 1
@@ -131,7 +135,8 @@ async def test_nothing_acknowledged_is_lost_under_faults(
         f"instances sent {load.sent}, acknowledged {len(ledger.acked)}, lost {lost}",
         f"answers {dict(sorted(ledger.statuses.items()))}",
         f"failure reasons (resent) {dict(ledger.failure_reasons)}; dropped connections "
-        f"{ledger.dropped}; unclean {len(ledger.unclean)}",
+        f"{ledger.dropped} while the gateway was down, {ledger.dropped_otherwise} otherwise; "
+        f"unclean {len(ledger.unclean)}",
         f"audit {audit}",
         f"phases (s) {phases}",
     ]
@@ -145,7 +150,8 @@ async def test_nothing_acknowledged_is_lost_under_faults(
             "requests": dict(ledger.requests),
             "answers": dict(ledger.statuses),
             "failure_reasons": dict(ledger.failure_reasons),
-            "dropped_connections": ledger.dropped,
+            "dropped_connections_gateway_down": ledger.dropped,
+            "dropped_connections_otherwise": ledger.dropped_otherwise,
             "instances_sent": load.sent,
             "acknowledged": len(ledger.acked),
             "lost": lost,
