@@ -25,12 +25,15 @@ async def consumers_idle(nats_url: str, timeout: float) -> dict[str, dict[str, i
     """Wait until every durable consumer has nothing pending nor unacknowledged.
 
     Returns:
-        Per `stream/consumer`, its last `num_pending` and `num_ack_pending` (all 0 on success).
+        Per `stream/consumer`, its last `num_pending` and `num_ack_pending` (all 0 on success)
+        and `idle_after_ms`, how long after the call it was first seen idle for good.
     """
     nc = await nats.connect(nats_url, name="faults-check")
+    started = time.monotonic()
+    idle_at: dict[str, int] = {}
     try:
         js = nc.jetstream()
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
         while True:
             state: dict[str, dict[str, int]] = {}
             for stream in await js.streams_info():
@@ -44,6 +47,12 @@ async def consumers_idle(nats_url: str, timeout: float) -> dict[str, dict[str, i
                         "num_ack_pending": consumer.num_ack_pending or 0,
                         "num_redelivered": consumer.num_redelivered or 0,
                     }
+            for key, value in state.items():
+                if value["num_pending"] or value["num_ack_pending"]:
+                    idle_at.pop(key, None)
+                else:
+                    idle_at.setdefault(key, int((time.monotonic() - started) * 1000))
+                value["idle_after_ms"] = idle_at.get(key, -1)
             busy = any(v["num_pending"] or v["num_ack_pending"] for v in state.values())
             if not busy or time.monotonic() > deadline:
                 return state
