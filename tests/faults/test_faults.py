@@ -71,6 +71,8 @@ def _machine() -> dict[str, Any]:
         "python": pyplatform.python_version(),
         "os": f"{pyplatform.system()} {pyplatform.release()}",
         "git_commit": commit,
+        # Figures from a loaded machine are pessimistic: say how loaded it was.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
