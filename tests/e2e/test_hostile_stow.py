@@ -25,14 +25,11 @@ DICOM_JSON = "application/dicom+json"
 # Failure reasons a refused malformed part may carry (processing failure, out of resources,
 # data set does not match SOP class, cannot understand).
 _REFUSALS = {0x0110, 0xA700, 0xA900, 0xC000, 0xC122}
-# Malformed inputs the platform currently stores instead of refusing (reported on issue 9; see
-# the hostile-input report): they must still get a clean answer, never a 500.
+# Malformed inputs the platform stores on purpose (lenient where real producers are sloppy and
+# nothing downstream is misled): a UID component with a leading zero (forbidden by PS3.5 9.1,
+# common in the wild, kept as an exact string) and names invalid in their character set
+# (decoded with replacement characters). They must still get a clean answer, never a 500.
 _TOLERATED = {
-    "truncated at SIZE-100",
-    "truncated at SIZE-1",
-    "pixel data length odd",
-    "a billion frames",
-    "negative frames",
     "SOP Instance UID leading zero",
     "Study Instance UID leading zero",
     "Series Instance UID leading zero",
@@ -74,10 +71,7 @@ async def test_every_malformed_dicom_part_is_refused_cleanly_and_quarantined(
     study = f"{ROOT}.1"
     cases = corpus(study, f"{study}.2")
     headers = platform.producer(A)
-    size = len(valid_instance(study, f"{study}.2.1"))
-    tolerated = {
-        t.replace("SIZE-100", str(size - 100)).replace("SIZE-1", str(size - 1)) for t in _TOLERATED
-    }
+    tolerated = set(_TOLERATED)
     unclean: dict[str, object] = {}
     stored: set[str] = set()
     for name, data in cases.items():

@@ -50,6 +50,9 @@ class BatchConsumer(Generic[T]):
     ack_wait: float = 15.0  # a crashed replica's batch is redelivered this soon
     retry_delay: float = 2.0
     max_attempts: int = 10  # deliveries before a message that always fails is terminated
+    # Seconds between "still working" signals for a batch in hand (None: none), so that a
+    # short `ack_wait` redelivers a crashed replica's batch soon without redelivering a slow one.
+    heartbeat: float | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
     _lag: LagPoller | None = None
@@ -93,7 +96,12 @@ class BatchConsumer(Generic[T]):
                 _log.warning("fetch failed; retrying", durable=self.durable, error=repr(exc))
                 await asyncio.sleep(self.retry_delay)
                 continue
-            await asyncio.shield(self._handle_traced(msgs, decoder))
+            beat = asyncio.create_task(self._heartbeat(msgs)) if self.heartbeat else None
+            try:
+                await asyncio.shield(self._handle_traced(msgs, decoder))
+            finally:
+                if beat is not None:
+                    beat.cancel()
 
     async def _handle_traced(self, msgs: list[Msg], decoder: msgspec.json.Decoder[T]) -> None:
         started = time.perf_counter()
@@ -102,6 +110,14 @@ class BatchConsumer(Generic[T]):
         ):
             await self._handle(msgs, decoder)
         MESSAGE_BATCH_DURATION.labels(self.durable).observe(time.perf_counter() - started)
+
+    async def _heartbeat(self, msgs: list[Msg]) -> None:
+        assert self.heartbeat is not None
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
 
     async def _handle(self, msgs: list[Msg], decoder: msgspec.json.Decoder[T]) -> None:
         good: list[tuple[Msg, T]] = []

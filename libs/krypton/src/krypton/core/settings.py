@@ -78,6 +78,13 @@ class KryptonSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # JetStream stream replicas: 3 on the production cluster, 1 on a single server.
     stream_replicas: int = 1
+    # Limits (issue 9). Instances declaring more frames are refused (quarantined).
+    max_frames: int = 100_000
+    # Per-actor token bucket in each gateway process: requests per second and burst; 0 = off.
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 200
+    # STOW-RS answers 503 + Retry-After while more uploads than this wait for ingest; 0 = off.
+    ingest_backlog_limit: int = 5_000
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> KryptonSettings:

@@ -28,7 +28,9 @@ from krypton.dicom.header import Header
 from krypton.dicom.identity import resolve_identity
 
 __all__ = [
+    "DEFAULT_MAX_FRAMES",
     "Extracted",
+    "check_frames",
     "check_sop_class",
     "check_study",
     "extract",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 _UID_MAX: Final = 64
+DEFAULT_MAX_FRAMES: Final = 100_000
+_PIXEL_DATA: Final = 0x7FE00010
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _TIME = re.compile(r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,6})?)?)?")
 _TIMEZONE = re.compile(r"[+-](?:0[0-9]|1[0-4])[0-5][0-9]")
@@ -124,20 +128,28 @@ def check_study(study_uid: str, expected_study_uid: str | None) -> None:
         )
 
 
-def extract(header: Header, structure: str, *, expected_study_uid: str | None = None) -> Extracted:
+def extract(
+    header: Header,
+    structure: str,
+    *,
+    expected_study_uid: str | None = None,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> Extracted:
     """Validate `header` and extract the patient, study, series and instance attributes.
 
     Args:
         header: the parsed header.
         structure: FINESS of the producing structure, from the uploader's token.
         expected_study_uid: the study named in the STOW-RS URL, if any.
+        max_frames: the most frames an instance may declare (NumberOfFrames).
 
     Returns:
         The attributes and notes.
 
     Raises:
         DicomRejection: missing/invalid UIDs or Patient ID, SOP Instance UID differing from
-            the file meta's, unsupported SOP Class, study mismatch, image without pixel data.
+            the file meta's, unsupported SOP Class, study mismatch, image without pixel data,
+            NumberOfFrames invalid or above `max_frames`, pixel data shorter than declared.
     """
     ds = header.dataset
     notes: list[str] = list(header.notes)
@@ -163,6 +175,7 @@ def extract(header: Header, structure: str, *, expected_study_uid: str | None = 
         is_image = rows is not None and columns is not None
         if is_image and not header.has_pixel_data and not referenced_pixels:
             _reject_attribute("the image has Rows and Columns but no Pixel Data")
+        check_frames(header, max_frames, notes)
         resolved = resolve_identity(ds, structure)
         notes.extend(n for n in resolved.notes if n not in notes)
 
@@ -248,6 +261,60 @@ def normalise_time(value: str | None) -> str | None:
     if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 60:
         return None
     return candidate
+
+
+def check_frames(header: Header, max_frames: int, notes: list[str] | None = None) -> None:
+    """Refuse a frame count that is invalid, too large, or that the pixel data cannot hold.
+
+    NumberOfFrames (IS) must be a positive integer of at most `max_frames`. Native pixel data
+    must hold Rows x Columns x SamplesPerPixel x BitsAllocated x frames bits (a file whose
+    pixels were cut, or whose header claims a billion frames, is refused before any reader
+    trusts those attributes); encapsulated pixel data needs at least one fragment per frame
+    (PS3.5 A.4).
+
+    Raises:
+        DicomRejection: DATASET_DOES_NOT_MATCH_SOP_CLASS for an invalid count, OUT_OF_RESOURCES
+            above `max_frames`, CANNOT_UNDERSTAND when the pixel data is too short.
+    """
+    ds = header.dataset
+    scratch: list[str] = [] if notes is None else notes
+    frames = 1
+    if "NumberOfFrames" in ds:
+        raw = element_value(ds, "NumberOfFrames", scratch)
+        value = _int(ds, "NumberOfFrames", scratch) if raw not in (None, "") else 1
+        if value is None or value < 1:
+            _reject_attribute("NumberOfFrames is not a positive integer")
+        frames = value
+    if frames > max_frames:
+        _reject(
+            FailureReasonValues.OUT_OF_RESOURCES,
+            f"NumberOfFrames {frames} is above the limit of {max_frames}",
+        )
+    location = header.pixel_data
+    if location is None or location.tag != _PIXEL_DATA:
+        return
+    if location.length is None:
+        fragments = max(len(location.items) - 1, 0)  # the first item is the offset table
+        if fragments < frames:
+            _reject(
+                FailureReasonValues.CANNOT_UNDERSTAND,
+                f"{frames} frames declared but the pixel data has {fragments} fragments",
+            )
+        return
+    dims = [_int(ds, k, scratch) for k in ("Rows", "Columns", "BitsAllocated")]
+    samples = _int(ds, "SamplesPerPixel", scratch) if "SamplesPerPixel" in ds else 1
+    if any(d is None or d < 1 for d in dims) or samples is None or samples < 1:
+        return  # not an image description we can check; readers refuse it later
+    rows, columns, bits = (d for d in dims if d is not None)
+    if samples == 3 and text(ds, "PhotometricInterpretation", scratch) == "YBR_FULL_422":
+        samples = 2  # chroma subsampled horizontally: two samples per pixel (PS3.3 C.7.6.3.1.2)
+    needed = (rows * columns * samples * bits * frames + 7) // 8
+    if location.length < needed:
+        _reject(
+            FailureReasonValues.CANNOT_UNDERSTAND,
+            f"pixel data holds {location.length} bytes; {frames} frame(s) of "
+            f"{rows}x{columns}x{samples} at {bits} bits need {needed}",
+        )
 
 
 def _date(ds: Dataset, keyword: str, notes: list[str]) -> str | None:

@@ -59,6 +59,7 @@ _DEFLATED_KEYWORDS: Final = frozenset(
     {"DeflatedExplicitVRLittleEndian", "JPIPReferencedDeflate", "JPIPHTJ2KReferencedDeflate"}
 )
 _REASON_MAX: Final = 300
+_TAIL_ELEMENTS: Final = 10_000  # elements after the pixel data walked at most
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +281,14 @@ def _read(
             _check_complete(reader, dataset, end, origin + size)
         elif reader.partial_reads or reader.empty_reads:
             _reject_cannot_understand("truncated header")
+        elif location.length is not None:
+            _check_tail(
+                fp,
+                location.value_offset + location.length,
+                origin + size,
+                is_implicit_vr,
+                is_little_endian,
+            )
         has_pixel_data = location is not None
         header_length = (location.offset if location else end) - origin
         if location is not None and origin:
@@ -447,6 +456,48 @@ def _locate_pixel_data(
     return PixelDataLocation(
         tag=tag, vr=vr, offset=position, value_offset=value_offset, length=None, items=items
     )
+
+
+def _check_tail(
+    fp: BinaryIO, position: int, end_of_file: int, is_implicit_vr: bool, is_little_endian: bool
+) -> None:
+    """Refuse a file whose elements after native pixel data are cut short.
+
+    Only element headers are read (tag, VR, length), at most `_TAIL_ELEMENTS` of them; a
+    sequence of undefined length ends the walk (its items would need a parse).
+
+    Raises:
+        DicomRejection: CANNOT_UNDERSTAND when an element runs past the end of the file.
+    """
+    endian = "<" if is_little_endian else ">"
+    for _ in range(_TAIL_ELEMENTS):
+        if position >= end_of_file:
+            return
+        fp.seek(position)
+        head = fp.read(8)
+        if len(head) < 8:
+            _reject_cannot_understand("truncated data set after the pixel data")
+        group, element = struct.unpack(f"{endian}HH", head[:4])
+        if is_implicit_vr or group == 0xFFFE or not (b"AA" <= head[4:6] <= b"ZZ"):
+            (length,) = struct.unpack(f"{endian}L", head[4:8])
+            value_offset = position + 8
+        elif head[4:6].decode("ascii") in EXPLICIT_VR_LENGTH_32:
+            extra = fp.read(4)
+            if len(extra) < 4:
+                _reject_cannot_understand("truncated data set after the pixel data")
+            (length,) = struct.unpack(f"{endian}L", extra)
+            value_offset = position + 12
+        else:
+            (length,) = struct.unpack(f"{endian}H", head[6:8])
+            value_offset = position + 8
+        if length == _UNDEFINED_LENGTH:
+            return
+        if value_offset + length > end_of_file:
+            _reject_cannot_understand(
+                f"truncated data set after the pixel data: element ({group:04X},{element:04X})"
+                f" declares {length} bytes, {max(end_of_file - value_offset, 0)} present"
+            )
+        position = value_offset + length
 
 
 def _scan_items(

@@ -14,6 +14,7 @@ from krypton.auth.verify import TokenVerifier
 from krypton.bus.codec import decode
 from krypton.contracts.ingest.v1 import IngestResult
 from krypton.core.settings import KryptonSettings
+from krypton.gateway.limits import IngestBacklog, RateLimiter
 from krypton.gateway.wado_cache import BodyCache, LocateCache
 from krypton.storage.base import ObjectStore
 
@@ -71,3 +72,14 @@ class GatewayContext:
     locates: LocateCache = field(default_factory=LocateCache)
     rendered: BodyCache = field(default_factory=lambda: BodyCache(64 * 1024**2))
     metadata: BodyCache = field(default_factory=lambda: BodyCache(32 * 1024**2))
+    # Limits (issue 9), built from the settings when not given.
+    rate_limiter: RateLimiter | None = None
+    ingest_backlog: IngestBacklog | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_limiter is None:
+            self.rate_limiter = RateLimiter(
+                self.settings.rate_limit_per_second, self.settings.rate_limit_burst
+            )
+        if self.ingest_backlog is None:
+            self.ingest_backlog = IngestBacklog(self.settings.ingest_backlog_limit)

@@ -8,6 +8,7 @@ from krypton.core.gc_tuning import tune_gc
 from krypton.core.logging import configure_logging
 from krypton.core.settings import KryptonSettings
 from krypton.gateway.app import create_app
+from krypton.gateway.http_protocol import ProblemHttpToolsProtocol
 from krypton.telemetry.setup import setup_observability
 
 __all__ = ["main"]
@@ -27,6 +28,6 @@ def main() -> None:
         log_config=None,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=ProblemHttpToolsProtocol,  # parser-level 400s are problem+json too
         timeout_graceful_shutdown=10,
     )

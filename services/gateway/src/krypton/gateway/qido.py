@@ -63,7 +63,8 @@ async def search(
     headers = reply.headers or {}
     status = int(headers.get("Krypton-Status", "200"))
     if status != 200:
-        return problem(status, headers.get("Krypton-Reason", "search failed"))
+        retry = {"Retry-After": "2"} if status == 503 else None
+        return problem(status, headers.get("Krypton-Reason", "search failed"), headers=retry)
     # Audit (issue 6): the search and the studies/patients it disclosed, durably, before the
     # answer leaves; no audit, no answer.
     # The index says which studies a professional sees through a grant (care relationship,

@@ -50,6 +50,10 @@ async def guarded(request: Request, handler: Handler) -> Response:
         return problem(
             503, "token issuer keys unavailable; retry later", headers={"Retry-After": "5"}
         )
+    # Per-actor rate limit (issue 9): refused before any work is done for the request.
+    assert ctx.rate_limiter is not None
+    if (limited := ctx.rate_limiter.refuse(actor.sub)) is not None:
+        return limited
     # Audit (issue 6): a token's first authentication in this process is recorded as a login.
     if audit.first_use(actor):
         try:

@@ -175,6 +175,10 @@ async def store_instances(
     """Handle `POST /studies[/{study}]`."""
     if actor.structure is None:
         return problem(403, "only a producing structure's token may store instances")
+    # Backpressure (issue 9): ingest is behind; refuse before staging more bytes.
+    assert ctx.ingest_backlog is not None
+    if (busy := await ctx.ingest_backlog.refuse(ctx.js)) is not None:
+        return busy
     content_type = request.headers.get("content-type", "")
     media, options = parse_options_header(content_type)
     media_type = media.decode("latin-1").lower()
@@ -206,6 +210,9 @@ async def store_instances(
     except _BadMultipartError as exc:
         await _discard(ctx, staged + exc.staged)
         return problem(400, f"malformed multipart body: {exc.reason}")
+    except RequestTooLargeError as exc:
+        await _discard(ctx, staged + exc.staged)
+        return problem(413, f"request larger than {ctx.settings.max_request_bytes} bytes")
     except StoreFailedError as exc:
         await _discard(ctx, staged + exc.staged)
         _log.warning("staging failed", error=exc.reason)
@@ -218,6 +225,13 @@ async def store_instances(
 class _BadMultipartError(Exception):
     def __init__(self, reason: str, staged: list[_Staged]) -> None:
         self.reason = reason
+        self.staged = staged
+
+
+class RequestTooLargeError(Exception):
+    """The body grew past `max_request_bytes` (a chunked body announces no length)."""
+
+    def __init__(self, staged: list[_Staged]) -> None:
         self.staged = staged
 
 
@@ -235,8 +249,12 @@ async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes
     sink: _PartSink | None = None
     current: _Staged | None = None
     limit = ctx.settings.max_instance_bytes
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > ctx.settings.max_request_bytes:
+                raise RequestTooLargeError(staged)
             reader.parser.write(chunk)
             for kind, value in reader.events:
                 if kind == "headers":
@@ -267,7 +285,9 @@ async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes
                     sink = None
             reader.events.clear()
         reader.parser.finalize()
-    except (StoreFailedError, _BadMultipartError):
+    except (StoreFailedError, _BadMultipartError, RequestTooLargeError):
+        if sink is not None:
+            await sink.abort()
         raise
     except OSError as exc:
         if sink is not None:

@@ -17,11 +17,12 @@ from faststream.nats import NatsBroker, NatsResponse
 from nats.aio.client import Client
 
 from krypton.bus import streams
+from krypton.bus.codec import encode
 from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer, TransientError
 from krypton.bus.service import run_service
 from krypton.contracts import subjects
-from krypton.contracts.index.v1 import LocateRequest, QidoRequest, QidoResponse
+from krypton.contracts.index.v1 import LocateRequest, LocateResponse, QidoRequest, QidoResponse
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
@@ -87,7 +88,19 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
     async def on_qido(request: QidoRequest) -> NatsResponse:
         # The DICOM JSON body travels as raw bytes (no base64 inside another JSON document);
         # status, count and reason ride in headers.
-        response: QidoResponse = await run_qido(state["pool"], request)
+        try:
+            response: QidoResponse = await run_qido(state["pool"], request)
+        except TRANSIENT_DB_ERRORS as exc:
+            # Always answer (issue 9): without a reply the gateway waits out its timeout.
+            _log.warning("qido failed; database unavailable", error=repr(exc))
+            response = QidoResponse(status=503, reason="search unavailable; retry later")
+        except asyncpg.DataError as exc:
+            # A value PostgreSQL cannot take (an encoding it refuses, an out-of-range number).
+            _log.info("qido refused by the database", error=type(exc).__name__)
+            response = QidoResponse(status=400, reason="the search values cannot be used")
+        except Exception:
+            _log.exception("qido failed")
+            response = QidoResponse(status=500, reason="search failed")
         headers = {"Krypton-Status": str(response.status), "Krypton-Count": str(response.count)}
         if response.reason:
             headers["Krypton-Reason"] = response.reason
@@ -98,7 +111,12 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
 
     @broker.subscriber(subjects.SVC_INDEX_LOCATE, queue="index")
     async def on_locate(request: LocateRequest) -> bytes:
-        return await handle_locate(state["pool"], request)
+        try:
+            return await handle_locate(state["pool"], request)
+        except TRANSIENT_DB_ERRORS as exc:
+            # Always answer (issue 9): the gateway then says 503 + Retry-After at once.
+            _log.warning("locate failed; database unavailable", error=repr(exc))
+            return encode(LocateResponse(status=503, reason="index unavailable"))
 
     @broker.subscriber(subjects.SVC_INDEX_PING, queue="index")
     async def on_ping() -> bytes:

@@ -55,7 +55,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         consumer = UploadConsumer(
             nc,
             js,
-            IngestPipeline(pool, store, js),
+            IngestPipeline(pool, store, js, max_frames=settings.max_frames),
             batch=settings.ingest_concurrency,
             workers=WORKERS,
         )

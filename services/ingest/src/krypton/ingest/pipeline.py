@@ -50,7 +50,7 @@ from krypton.contracts.ingest.v1 import (
 from krypton.core.clock import utc_now_iso
 from krypton.core.logging import get_logger
 from krypton.dicom.errors import DicomRejection, FailureReasonValues
-from krypton.dicom.extract import Extracted, extract
+from krypton.dicom.extract import DEFAULT_MAX_FRAMES, Extracted, extract
 from krypton.dicom.header import Header, read_header
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
@@ -96,11 +96,19 @@ class _Claim:
 class IngestPipeline:
     """Processes `IngestReceived` events; one instance per process, shared by its workers."""
 
-    def __init__(self, pool: asyncpg.Pool, store: ObjectStore, js: JetStreamContext) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: ObjectStore,
+        js: JetStreamContext,
+        *,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+    ) -> None:
         """Bind the pipeline to its database pool, object store and JetStream context."""
         self._pool = pool
         self._store = store
         self._js = js
+        self._max_frames = max_frames
 
     async def process_many(self, events: Sequence[IngestReceived]) -> list[Outcome | Exception]:
         """Handle a batch of staged uploads; per upload its outcome, or the error to retry on.
@@ -232,7 +240,12 @@ class IngestPipeline:
             header = read_header(data, max_header_bytes=_MAX_HEADER)
         else:
             header = await self._read_header(event)
-        extracted = extract(header, event.structure, expected_study_uid=event.expected_study_uid)
+        extracted = extract(
+            header,
+            event.structure,
+            expected_study_uid=event.expected_study_uid,
+            max_frames=self._max_frames,
+        )
         return self._stored_event(event, header, extracted)
 
     async def _read_header(self, event: IngestReceived) -> Header:

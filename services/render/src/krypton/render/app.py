@@ -78,7 +78,10 @@ def build_app(
             type_=InstanceStored,
             handler=precompute,
             batch=policy.precompute_batch,
-            ack_wait=120.0,  # a batch of large instances takes a while to transcode
+            # A batch of large instances takes a while to transcode: heartbeats keep it
+            # claimed, and a crashed replica's batch comes back after 30 s, not minutes.
+            ack_wait=30.0,
+            heartbeat=10.0,
         )
         if policy.precompute_htj2k or policy.precompute_thumbnail or policy.precompute_metadata:
             await consumer.start()
