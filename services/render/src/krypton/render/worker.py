@@ -387,7 +387,12 @@ def _lower_priority(nice: int) -> None:
     if nice > 0:
         # Not fatal where threads cannot be reniced (another OS, a locked-down container).
         with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            tid = threading.get_native_id()
+            # Relative to the thread's current value: an absolute one would raise the priority
+            # of a process that already runs niced.
+            os.setpriority(
+                os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+            )
 
 
 def _uids(study: str | None, series: str | None, sop: str | None) -> tuple[str, str, str] | None:
