@@ -21,7 +21,7 @@ import psutil
 
 from krypton.testing.servers import free_port
 
-__all__ = ["Orthanc", "orthanc_available"]
+__all__ = ["Orthanc", "orthanc_available", "stow_to_orthanc"]
 
 SCRIPT = Path(os.environ.get("ORTHANC_SCRIPT", "/work/shared/tools/run-orthanc.sh"))
 
@@ -103,3 +103,28 @@ class Orthanc:
         async with httpx.AsyncClient(timeout=30.0) as client:
             stats: dict[str, Any] = (await client.get(f"{self.root}/statistics")).json()
         return int(stats["CountInstances"])
+
+
+async def stow_to_orthanc(
+    client: httpx.AsyncClient, url: str, body: bytes, content_type: str, attempts: int = 5
+) -> None:
+    """STOW-RS one multipart body to Orthanc, retrying dropped connections.
+
+    Orthanc closes idle keep-alive connections on its own schedule; a request sent on one it has
+    just closed fails with a read or protocol error. Storing the same instances again is
+    harmless, so the request is simply sent again.
+    """
+    for attempt in range(attempts):
+        try:
+            response = await client.post(
+                f"{url}/studies",
+                content=body,
+                headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            )
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        response.raise_for_status()
+        return

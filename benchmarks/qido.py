@@ -85,7 +85,7 @@ from krypton.dicom.synthetic import (
 from krypton.index.qido_sql import build_qido_sql
 from krypton.index.store import upsert_batch
 from krypton.storage.keys import instance_key
-from orthanc import Orthanc
+from orthanc import Orthanc, stow_to_orthanc
 
 NAME = "qido"
 BATCH = 2000
@@ -571,15 +571,7 @@ async def run_orthanc(args: argparse.Namespace, population: Population) -> dict[
 
                     body, content_type = multipart(parts)
                     async with semaphore:
-                        response = await client.post(
-                            f"{orthanc.url}/studies",
-                            content=body,
-                            headers={
-                                "Content-Type": content_type,
-                                "Accept": "application/dicom+json",
-                            },
-                        )
-                    response.raise_for_status()
+                        await stow_to_orthanc(client, orthanc.url, body, content_type)
                     refs.append(StudyRef.of(study))
 
                 for start in range(0, n, 500):

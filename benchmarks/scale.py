@@ -279,7 +279,7 @@ async def run_orthanc(
     """The first `n` studies (one instance per series) in Orthanc, then the same kinds."""
     from ingest import multipart
     from krypton.dicom.synthetic import render_instances
-    from orthanc import Orthanc
+    from orthanc import Orthanc, stow_to_orthanc
 
     with tempfile.TemporaryDirectory(prefix="krypton-bench-scale-orthanc-") as tmp:
         async with Orthanc(Path(tmp)) as orthanc:
@@ -293,15 +293,7 @@ async def run_orthanc(
                     study = population.synthetic_study(region, index, 1)
                     body, content_type = multipart(list(render_instances(study, rows=64, cols=64)))
                     async with semaphore:
-                        response = await client.post(
-                            f"{orthanc.url}/studies",
-                            content=body,
-                            headers={
-                                "Content-Type": content_type,
-                                "Accept": "application/dicom+json",
-                            },
-                        )
-                    response.raise_for_status()
+                        await stow_to_orthanc(client, orthanc.url, body, content_type)
                     cols = region.studies(index, 1)
                     studies.append({c: cols[c][0] for c in cols if c != "series"})
 
