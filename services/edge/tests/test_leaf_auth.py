@@ -16,7 +16,15 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from krypton.bus.permissions import EDGE_FORWARDER, edge_leaf_authorization, inbox_prefix
+from krypton.bus.permissions import (
+    EDGE_FORWARDER,
+    PERMISSIONS,
+    edge_leaf_authorization,
+    edge_leaf_durable,
+    edge_leaf_users,
+    inbox_prefix,
+    nats_authorization,
+)
 from krypton.contracts import subjects
 from krypton.edge.leaf import LeafServer
 from krypton.testing.servers import NatsServer, free_port, start_nats
@@ -144,7 +152,7 @@ async def test_a_linked_box_can_send_only_replies_to_the_forwarder(
         await asyncio.to_thread(leaf.stop)
 
 
-async def test_the_region_cannot_be_made_to_ask_a_box_for_another_domain(
+async def test_a_box_receives_only_its_own_domain_requests_and_acks(
     hub: tuple[NatsServer, int, Path], tmp_path: Path
 ) -> None:
     server, leaf_port, _ = hub
@@ -171,6 +179,7 @@ async def test_the_region_cannot_be_made_to_ask_a_box_for_another_domain(
         for subject in (
             f"$JS.{subjects.edge_domain(BOX_B)}.API.>",
             f"{subjects.INGEST_RECEIVED}.>",
+            "$JS.ACK.>",
             own,
         ):
             await box_nc.subscribe(subject, cb=record)
@@ -186,6 +195,12 @@ async def test_the_region_cannot_be_made_to_ask_a_box_for_another_domain(
         seen.clear()
         await hub_nc.publish(f"$JS.{subjects.edge_domain(BOX_B)}.API.STREAM.INFO.X", b"")
         await hub_nc.publish(subjects.ingest_received(BOX_A), b"{}")
+        # The region's acks of box B's messages: the box's stream has the same name, but
+        # the durable is B's, so they do not reach A (which would remove its own messages).
+        ack_b = f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(BOX_B)}.1.1.1.1.0"
+        await hub_nc.publish(ack_b, b"")
+        own_ack = f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(BOX_A)}.1.1.1.1.0"
+        await hub_nc.publish(own_ack, b"")
         await hub_nc.publish(own, b"last")
         await hub_nc.flush()
 
@@ -193,8 +208,33 @@ async def test_the_region_cannot_be_made_to_ask_a_box_for_another_domain(
             return own in seen
 
         await _until(last_arrived)
-        assert seen == [own]
+        assert seen == [own_ack, own]
     finally:
         await box_nc.close()
         await hub_nc.close()
         await asyncio.to_thread(leaf.stop)
+
+
+async def test_the_box_users_join_the_per_service_users(tmp_path: Path) -> None:
+    # The platform under production permissions (`nats_auth`): one authorization block holds
+    # both the services' users and the boxes'.
+    leaf_port = free_port()
+    config = nats_authorization(
+        {name: f"pw-{name}" for name in PERMISSIONS}, edge_leaf_users(PASSWORDS)
+    )
+    server = await asyncio.to_thread(
+        start_nats, tmp_path / "hub", None, config, leafnode_port=leaf_port
+    )
+    leaf = LeafServer(
+        tmp_path / "leaf", BOX_B, f"nats-leaf://127.0.0.1:{leaf_port}", password=PASSWORDS[BOX_B]
+    )
+    await asyncio.to_thread(leaf.start)
+    try:
+
+        async def linked() -> bool:
+            return await _leaf_links(leaf) == 1
+
+        await _until(linked)
+    finally:
+        await asyncio.to_thread(leaf.stop)
+        await asyncio.to_thread(server.stop)
