@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import tempfile
 import time
@@ -115,6 +116,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="krypton-bench-edge-") as tmp:
         state = Path(tmp)
         leaf_port = free_port()
+        leaf_password = secrets.token_urlsafe(18)
         platform = Platform(
             PlatformConfig(
                 state_dir=state / "region",
@@ -122,6 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 nats_port=0,
                 issuer_port=0,
                 leafnode_port=leaf_port,
+                edge_leaf_passwords={finess: leaf_password},
                 log_level="WARNING",
             ),
             colour=False,
@@ -143,6 +146,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             token,
             chunk_bytes=args.chunk_kib * 1024,
             log_level="WARNING",
+            hub_password=leaf_password,
         )
         headers = {"Authorization": f"Bearer {token}"}
         try:

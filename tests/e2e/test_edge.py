@@ -10,6 +10,7 @@ modality would send them.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +41,7 @@ from .helpers import qido, value
 pytestmark = pytest.mark.slow
 
 _CHUNK = 48 * 1024  # small chunks, so that every instance travels in several
+_LEAF_PASSWORD = secrets.token_urlsafe(18)
 
 
 @dataclass
@@ -70,7 +72,13 @@ async def region(tmp_path_factory: pytest.TempPathFactory, finess: str) -> Async
     leaf_port = free_port()
     platform = Platform(
         PlatformConfig(
-            state_dir=state, http_port=0, nats_port=0, issuer_port=0, leafnode_port=leaf_port
+            state_dir=state,
+            http_port=0,
+            nats_port=0,
+            issuer_port=0,
+            leafnode_port=leaf_port,
+            # The leaf node listener admits this box only, with its password.
+            edge_leaf_passwords={finess: _LEAF_PASSWORD},
         ),
         colour=False,
     )
@@ -124,6 +132,7 @@ async def box(
         ae_title="KRYPTON_EDGE",
         chunk_bytes=_CHUNK,
         allowed_calling_aes=["MODALITY", "WORKSTATION"],
+        hub_password=_LEAF_PASSWORD,
     )
     try:
         yield Box(process, relay)

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from krypton.bus import streams
+from krypton.bus.permissions import EDGE_FORWARDER, edge_leaf_authorization, inbox_prefix
 from krypton.contracts import subjects
 from krypton.contracts.edge.v1 import EdgeChunkHeaders
 from krypton.contracts.ingest.v1 import IngestReceived
@@ -31,8 +32,12 @@ STRUCTURE = "010000001"
 @pytest.fixture
 async def linked(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, LeafServer]]:
     leaf_port = free_port()
-    hub = await asyncio.to_thread(start_nats, tmp_path / "hub", None, leafnode_port=leaf_port)
-    leaf = LeafServer(tmp_path / "leaf", STRUCTURE, f"nats-leaf://127.0.0.1:{leaf_port}")
+    # The hub's leaf node listener as deployed: the box logs in and is confined to forwarding.
+    auth = edge_leaf_authorization({STRUCTURE: "box-secret"})
+    hub = await asyncio.to_thread(start_nats, tmp_path / "hub", None, auth, leafnode_port=leaf_port)
+    leaf = LeafServer(
+        tmp_path / "leaf", STRUCTURE, f"nats-leaf://127.0.0.1:{leaf_port}", password="box-secret"
+    )
     await asyncio.to_thread(leaf.start)
     try:
         yield hub, leaf
@@ -59,7 +64,7 @@ async def test_chunks_out_of_order_and_repeated_become_one_ingest_announcement(
 ) -> None:
     hub, leaf = linked
     box_nc = await nats.connect(leaf.url)
-    hub_nc = await nats.connect(hub.url)
+    hub_nc = await nats.connect(hub.url, inbox_prefix=inbox_prefix(EDGE_FORWARDER))
     store = FileSystemStore(tmp_path / "objects")
     try:
         await _box_stream(box_nc)
@@ -119,7 +124,7 @@ async def test_a_malformed_chunk_is_dropped_not_retried(
 ) -> None:
     hub, leaf = linked
     box_nc = await nats.connect(leaf.url)
-    hub_nc = await nats.connect(hub.url)
+    hub_nc = await nats.connect(hub.url, inbox_prefix=inbox_prefix(EDGE_FORWARDER))
     try:
         await _box_stream(box_nc)
         box_js = box_nc.jetstream()
@@ -150,7 +155,7 @@ async def test_a_chunk_redelivered_after_its_instance_was_forwarded_is_acked(
 ) -> None:
     hub, leaf = linked
     box_nc = await nats.connect(leaf.url)
-    hub_nc = await nats.connect(hub.url)
+    hub_nc = await nats.connect(hub.url, inbox_prefix=inbox_prefix(EDGE_FORWARDER))
     try:
         await _box_stream(box_nc)
         data = b"y" * 100

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="open a NATS leaf node listener for edge boxes (e.g. 7422)",
     )
+    up.add_argument(
+        "--edge-leaf-passwords",
+        default=None,
+        metavar="FILE",
+        help='JSON {"<finess>": "<password>"} of the edge boxes the leaf listener admits',
+    )
     up.set_defaults(func=_cmd_up)
 
     run = sub.add_parser("run", help="run one service (production style)")

@@ -19,7 +19,12 @@ from typing import Literal
 
 import httpx
 
-from krypton.bus.permissions import PERMISSIONS, nats_authorization
+from krypton.bus.permissions import (
+    PERMISSIONS,
+    edge_leaf_authorization,
+    edge_leaf_users,
+    nats_authorization,
+)
 from krypton.cli.supervisor import Supervisor
 from krypton.testing.servers import NatsServer, free_port, start_nats, start_postgres
 
@@ -48,6 +53,9 @@ class PlatformConfig:
     nats_auth: bool = False
     # Leaf node listener for edge boxes (issue 10); None = no listener.
     leafnode_port: int | None = None
+    # Edge boxes allowed on that listener: FINESS -> password (`krypton.bus.permissions.
+    # edge_leaf_users`); a leaf node without one of these logins is refused.
+    edge_leaf_passwords: dict[str, str] = field(default_factory=dict)
 
 
 class Platform:
@@ -112,7 +120,11 @@ class Platform:
         if self.config.nats_auth:
             self.nats_passwords = {name: secrets.token_urlsafe(18) for name in PERMISSIONS}
             log = self.state_dir / "nats" / "nats.log"
-            extra_config = f'log_file: "{log}"\n' + nats_authorization(self.nats_passwords)
+            extra_config = f'log_file: "{log}"\n' + nats_authorization(
+                self.nats_passwords, edge_leaf_users(self.config.edge_leaf_passwords)
+            )
+        elif self.config.leafnode_port:
+            extra_config = edge_leaf_authorization(self.config.edge_leaf_passwords)
         self.nats = await asyncio.to_thread(
             partial(start_nats, leafnode_port=self.config.leafnode_port),
             self.state_dir / "nats",

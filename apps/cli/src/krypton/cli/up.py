@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +23,19 @@ def _replicas(items: list[str]) -> dict[str, int]:
     return result
 
 
+def _edge_leaf_passwords(path: str | None) -> dict[str, str]:
+    """The edge boxes' leaf passwords: a JSON object FINESS -> password (a secrets file)."""
+    if not path:
+        return {}
+    passwords = json.loads(Path(path).read_text())
+    if not isinstance(passwords, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in passwords.items()
+    ):
+        msg = f"{path}: expected a JSON object of FINESS to password"
+        raise SystemExit(msg)
+    return passwords
+
+
 async def run_up(args: argparse.Namespace, state_dir: Path) -> int:
     """Start everything, print where to point a viewer, wait for Ctrl-C, stop cleanly."""
     platform = Platform(
@@ -33,6 +47,7 @@ async def run_up(args: argparse.Namespace, state_dir: Path) -> int:
             replicas=_replicas(args.replicas),
             metrics="default",
             leafnode_port=args.leafnode_port,
+            edge_leaf_passwords=_edge_leaf_passwords(args.edge_leaf_passwords),
         )
     )
     stop = asyncio.Event()

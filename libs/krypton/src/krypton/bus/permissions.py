@@ -17,6 +17,8 @@ What a service needs besides its own subjects:
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,6 +29,11 @@ __all__ = [
     "PERMISSIONS",
     "ServicePermissions",
     "authorization_users",
+    "edge_leaf_authorization",
+    "edge_leaf_durable",
+    "edge_leaf_permissions",
+    "edge_leaf_user",
+    "edge_leaf_users",
     "inbox_prefix",
     "nats_authorization",
     "password_variable",
@@ -149,12 +156,13 @@ def _list(items: Iterable[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def nats_authorization(passwords: Mapping[str, str]) -> str:
+def nats_authorization(passwords: Mapping[str, str], extra_users: Iterable[str] = ()) -> str:
     """The `authorization { users = [...] }` block for nats-server, one user per service.
 
     Args:
         passwords: Per service, the password text as it goes into the file: a literal (the
             embedded platform) or a `$VARIABLE` nats-server expands from its environment.
+        extra_users: More entries for the list, as they go into the file (`edge_leaf_users`).
     """
     lines = ["authorization {", "  users = ["]
     for service, perms in PERMISSIONS.items():
@@ -169,7 +177,7 @@ def nats_authorization(passwords: Mapping[str, str]) -> str:
         if perms.responds:
             lines.append("        allow_responses: true")
         lines.append("    } }")
-    lines += ["  ]", "}"]
+    lines += [*extra_users, "  ]", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -201,3 +209,81 @@ def authorization_users(password: str = "<< ${var} >>") -> list[dict[str, object
             }
         )
     return users
+
+
+# Edge boxes (issue 10): each box's nats-server is a leaf node of the regional one and logs in
+# on the leaf node listener as `edge-<finess>`. nats-server's `leafnodes.authorization.users`
+# take no permissions, so the box users live in the server's main `authorization` block,
+# restricted to leaf connections (`allowed_connection_types`). On a leaf connection the user's
+# permissions read from the hub's side: `publish` is what the leaf may send into the region,
+# `subscribe` what the region may send to the leaf (nats-server checks both directions).
+EDGE_FORWARDER = "edge"  # `krypton edge region` connects as "edge-region": inbox of "edge"
+_LOCAL_USER = "local"
+
+
+def edge_leaf_user(structure: str) -> str:
+    """The user the box of `structure` logs in as on the region's leaf node listener."""
+    return f"edge-{subjects.safe_token(structure)}"
+
+
+def edge_leaf_durable(structure: str) -> str:
+    """The region forwarder's durable consumer on the box of `structure` (one per box)."""
+    return f"region-{subjects.safe_token(structure)}"
+
+
+def edge_leaf_permissions(structure: str) -> ServicePermissions:
+    """What crosses the leaf link of the box of `structure`, and nothing else.
+
+    The region's forwarder sends the box JetStream API requests in the box's domain (consumer
+    info/create, fetch) and acks for the box's stream; the box sends back only replies and
+    pull deliveries, which go to the forwarder's inbox. Not another box's domain, not the
+    region's own subjects (`ingest.received`, `$JS.API`), nothing the box could listen to.
+    """
+    domain = subjects.edge_domain(structure)
+    return ServicePermissions(
+        publish=(f"{inbox_prefix(EDGE_FORWARDER)}.>",),
+        subscribe=(
+            f"$JS.{domain}.API.>",
+            f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(structure)}.>",
+        ),
+    )
+
+
+def edge_leaf_users(passwords: Mapping[str, str]) -> list[str]:
+    """The `authorization.users` entries of the edge boxes, one per FINESS in `passwords`.
+
+    Args:
+        passwords: Per box FINESS, its password as it goes into the file: a literal, a bcrypt
+            hash (`nats-server passwd`), or a `$VARIABLE` nats-server expands.
+    """
+    entries = []
+    for structure, secret in passwords.items():
+        password = secret if secret.startswith("$") else json.dumps(secret)
+        perms = edge_leaf_permissions(structure)
+        entries.append(
+            f'    {{ user: "{edge_leaf_user(structure)}", password: {password},'
+            ' allowed_connection_types: ["LEAFNODE"], permissions: {\n'
+            f"        publish: {{ allow: {_list(perms.publish)} }}\n"
+            f"        subscribe: {{ allow: {_list(perms.subscribe)} }}\n"
+            "    } }"
+        )
+    return entries
+
+
+def edge_leaf_authorization(passwords: Mapping[str, str]) -> str:
+    """An `authorization` block for a regional nats-server without per-service users.
+
+    Clients without credentials keep connecting as before, as `no_auth_user` `local`, which
+    only ordinary client connections may use; a leaf node must log in as one of the boxes, so
+    the leaf node listener refuses anyone else (everyone, when `passwords` is empty).
+    """
+    users = [
+        f'    {{ user: "{_LOCAL_USER}", password: {json.dumps(secrets.token_urlsafe(24))},'
+        ' allowed_connection_types: ["STANDARD"] }',
+        *edge_leaf_users(passwords),
+    ]
+    return (
+        "authorization {\n  users = [\n"
+        + "\n".join(users)
+        + f'\n  ]\n}}\nno_auth_user: "{_LOCAL_USER}"\n'
+    )

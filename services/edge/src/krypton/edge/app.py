@@ -82,6 +82,7 @@ class EdgeBox:
             port=settings.nats_port,
             monitor_port=settings.nats_monitor_port,
             credentials=settings.hub_credentials,
+            password=settings.hub_password.get_secret_value() or None,
         )
         self.region = RegionClient(
             settings.region_dicomweb_url, self.region_token, settings.region_timeout

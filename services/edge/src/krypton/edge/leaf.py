@@ -16,7 +16,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
+from krypton.bus.permissions import edge_leaf_user
 from krypton.contracts import subjects
 from krypton.testing.servers import free_port, venv_binary, wait_port
 
@@ -33,6 +35,8 @@ class LeafServer:
     port: int = 0
     monitor_port: int = 0
     credentials: Path | None = None
+    # The box's password on the region's leaf node listener (user `edge-<structure>`).
+    password: str | None = field(default=None, repr=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +55,12 @@ class LeafServer:
 
     def config_text(self) -> str:
         """The server's configuration file (JSON is valid nats-server configuration)."""
-        remote: dict[str, object] = {"url": self.hub_leaf_url}
+        url = self.hub_leaf_url
+        if self.password:
+            scheme, _, rest = url.partition("://")
+            user = edge_leaf_user(self.structure)
+            url = f"{scheme}://{user}:{quote(self.password, safe='')}@{rest}"
+        remote: dict[str, object] = {"url": url}
         if self.credentials is not None:
             remote["credentials"] = str(self.credentials)
         jetstream: dict[str, object] = {
@@ -94,6 +103,9 @@ class LeafServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._stop_orphan()
         config = self.store_dir / "leaf.conf"
+        # It may hold the box's password: readable by the box's user only.
+        config.touch(mode=0o600)
+        config.chmod(0o600)
         config.write_text(self.config_text())
         self.proc = subprocess.Popen(
             [venv_binary("nats-server"), "-c", str(config)],

@@ -42,6 +42,7 @@ from krypton.bus import streams
 from krypton.bus.audit import AuditPublisher, AuditUnavailableError
 from krypton.bus.codec import encode
 from krypton.bus.connect import connect
+from krypton.bus.permissions import edge_leaf_durable
 from krypton.contracts import subjects
 from krypton.contracts.audit.v1 import AuditEvent, AuditEventTypeValues, new_event
 from krypton.contracts.common.v1 import Actor, RoleValues
@@ -57,14 +58,23 @@ from krypton.storage.factory import open_store
 from krypton.storage.keys import staging_key
 from krypton.telemetry.setup import setup_telemetry
 
-__all__ = ["DURABLE", "BoxForwarder", "forwarded_bucket", "main"]
-
-DURABLE = "region"
+__all__ = ["BoxForwarder", "durable_name", "forwarded_bucket", "main"]
 ISSUER = "krypton-edge"  # the Actor.issuer of what boxes produce: the leaf link, not a token
 _log = get_logger("krypton.edge.region")
 _tracer = trace.get_tracer("krypton.edge.region")
 _RETRY = 1.0
 _AUDIT_NAMESPACE = uuid.UUID("6b0f5a3e-8d0c-4a57-9d0e-4c1e2d7a9e10")  # edge store event ids
+
+
+def durable_name(structure: str) -> str:
+    """The region's consumer on the box of `structure`.
+
+    Every box's stream has the same name and acks travel as `$JS.ACK.<stream>.<durable>.…`,
+    without the domain: with one durable name for all, the region's ack of box A's message
+    also reaches box B, which would remove its own message of the same stream sequence. A
+    durable per box keeps each box's acks to that box (and its leaf permissions can say so).
+    """
+    return edge_leaf_durable(structure)
 
 
 @dataclass
@@ -155,8 +165,9 @@ class BoxForwarder:
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         subject = subjects.edge_instance(self.structure)
+        durable = durable_name(self.structure)
         config = ConsumerConfig(
-            durable_name=DURABLE,
+            durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait,
@@ -165,7 +176,7 @@ class BoxForwarder:
             filter_subject=subject,
         )
         return await self.box.pull_subscribe(
-            subject, durable=DURABLE, stream=subjects.EDGE_STREAM, config=config
+            subject, durable=durable, stream=subjects.EDGE_STREAM, config=config
         )
 
     async def _handle(self, msgs: list[Msg]) -> None:

@@ -39,6 +39,9 @@ class EdgeSettings(BaseSettings):
     nats_monitor_port: int = 0
     hub_leaf_url: str = "nats-leaf://127.0.0.1:7422"  # the region's leaf node listener
     hub_credentials: Path | None = None  # NATS credentials file the region gave this box
+    # Or the password of the box's login on the region's leaf node listener (user
+    # `edge-<structure>`, `krypton.bus.permissions.edge_leaf_users` on the region's side).
+    hub_password: SecretStr = SecretStr("")
     # HTTP side: status, metrics, and the DICOMweb proxy for local viewers
     http_host: str = "127.0.0.1"
     http_port: int = 8090
