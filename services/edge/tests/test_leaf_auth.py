@@ -238,3 +238,30 @@ async def test_the_box_users_join_the_per_service_users(tmp_path: Path) -> None:
     finally:
         await asyncio.to_thread(leaf.stop)
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_service_password_cannot_open_a_leaf_link(tmp_path: Path) -> None:
+    # Service users are for ordinary client connections only: holding the ingest password must
+    # not let anyone join the region as a leaf (and so publish with ingest's rights).
+    leaf_port = free_port()
+    log = tmp_path / "hub.log"
+    config = f'log_file: "{log}"\n' + nats_authorization(
+        {name: f"pw-{name}" for name in PERMISSIONS}, edge_leaf_users(PASSWORDS)
+    )
+    server = await asyncio.to_thread(
+        start_nats, tmp_path / "hub", None, config, leafnode_port=leaf_port
+    )
+    leaf = LeafServer(
+        tmp_path / "leaf", BOX_A, f"nats-leaf://ingest:pw-ingest@127.0.0.1:{leaf_port}"
+    )
+    await asyncio.to_thread(leaf.start)
+    try:
+
+        async def refused_twice() -> bool:
+            return log.exists() and log.read_text().count('User "ingest"') >= 2
+
+        await _until(refused_twice)
+        assert await _leaf_links(leaf) == 0
+    finally:
+        await asyncio.to_thread(leaf.stop)
+        await asyncio.to_thread(server.stop)

@@ -176,7 +176,8 @@ def nats_authorization(passwords: Mapping[str, str], extra_users: Iterable[str] 
         ]
         if perms.responds:
             lines.append("        allow_responses: true")
-        lines.append("    } }")
+        # A service password must not open a leaf node link (that is the boxes' way in).
+        lines.append('    }, allowed_connection_types: ["STANDARD"] }')
     lines += [*extra_users, "  ]", "}"]
     return "\n".join(lines) + "\n"
 
@@ -206,6 +207,7 @@ def authorization_users(password: str = "<< ${var} >>") -> list[dict[str, object
                 "user": service,
                 "password": password.format(var=password_variable(service)),
                 "permissions": permissions,
+                "allowed_connection_types": ["STANDARD"],
             }
         )
     return users
