@@ -579,28 +579,29 @@ async def run_orthanc(args: argparse.Namespace, population: Population) -> dict[
                 load_s = time.perf_counter() - started
                 log(f"Orthanc loaded in {load_s:.0f} s; querying")
                 pools = orthanc_pools(refs, args.pool, args.seed)
+                timed = await time_orthanc(client, orthanc.url, pools, args, CONCURRENT_CLIENTS)
+    return {"studies": n, "load_s": round(load_s, 1), **timed}
 
-                async def send(query: Query, token: str) -> tuple[int, float]:
-                    t = time.perf_counter()
-                    response = await client.get(
-                        f"{orthanc.url}/{query.path}", params=list(query.params)
-                    )
-                    seconds = time.perf_counter() - t
-                    response.raise_for_status()
-                    return len(response.json()), seconds
 
-                sequential = await measure_sequential(
-                    send, pools, ["none"], args.requests, args.warmup
-                )
-                concurrent = await measure_concurrent(
-                    send, pools, ["none"], args.requests, CONCURRENT_CLIENTS, args.seed
-                )
-    return {
-        "studies": n,
-        "load_s": round(load_s, 1),
-        "sequential": table_of(sequential),
-        "concurrent": table_of(concurrent),
-    }
+async def time_orthanc(
+    client: httpx.AsyncClient,
+    url: str,
+    pools: dict[str, list[Query]],
+    args: argparse.Namespace,
+    clients: int,
+) -> dict[str, Any]:
+    """The query mix against Orthanc (no token), one client then `clients` concurrent ones."""
+
+    async def send(query: Query, token: str) -> tuple[int, float]:
+        t = time.perf_counter()
+        response = await client.get(f"{url}/{query.path}", params=list(query.params))
+        seconds = time.perf_counter() - t
+        response.raise_for_status()
+        return len(response.json()), seconds
+
+    sequential = await measure_sequential(send, pools, ["none"], args.requests, args.warmup)
+    concurrent = await measure_concurrent(send, pools, ["none"], args.requests, clients, args.seed)
+    return {"sequential": table_of(sequential), "concurrent": table_of(concurrent)}
 
 
 # --- report --------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from krypton.contracts.common.v1 import Actor, RoleValues
 from krypton.contracts.index.v1 import QidoLevelValues, QidoRequest
 from krypton.dicom.qido import parse_qido
 from krypton.index.qido_sql import actor_has_grants, build_qido_sql
-from qido import Query, measure_concurrent, measure_sequential, table_of
+from qido import Query, measure_concurrent, measure_sequential, table_of, time_orthanc
 
 NAME = "scale"
 CLIENTS = 8
@@ -312,27 +312,8 @@ async def run_orthanc(
                     for q in pools["name_fuzzy"]
                 ]
 
-                async def send(query: Query, token: str) -> tuple[int, float]:
-                    t = time.perf_counter()
-                    response = await client.get(
-                        f"{orthanc.url}/{query.path}", params=list(query.params)
-                    )
-                    seconds = time.perf_counter() - t
-                    response.raise_for_status()
-                    return len(response.json()), seconds
-
-                sequential = await measure_sequential(
-                    send, pools, ["none"], args.requests, args.warmup
-                )
-                concurrent = await measure_concurrent(
-                    send, pools, ["none"], args.requests, CLIENTS, args.seed
-                )
-    return {
-        "studies": n,
-        "load_s": round(load_s, 1),
-        "sequential": table_of(sequential),
-        "concurrent": table_of(concurrent),
-    }
+                timed = await time_orthanc(client, orthanc.url, pools, args, CLIENTS)
+    return {"studies": n, "load_s": round(load_s, 1), **timed}
 
 
 # --- report --------------------------------------------------------------------------------
