@@ -607,8 +607,8 @@ async def time_orthanc(
 # --- report --------------------------------------------------------------------------------
 
 
-def plot(result: dict[str, Any]) -> Path:
-    """p50/p95/p99 per kind (sequential, through HTTP) for both tokens."""
+def plot(result: dict[str, Any], name: str = NAME) -> Path:
+    """p50/p95/p99 per kind (sequential, through HTTP) for both tokens, as `<name>.png`."""
     plt = pyplot()
     seq = result["krypton"]["http_sequential"]
     keys = [k for k in seq if k != "ALL"]
@@ -628,7 +628,7 @@ def plot(result: dict[str, Any]) -> Path:
     ax.legend()
     fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(NAME)
+    path = plot_path(name)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -863,7 +863,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.orthanc:
         result["orthanc"] = await run_orthanc(args, population)
     write_result(args.name, result)
-    result["plot"] = str(plot(result))
+    result["plot"] = str(plot(result, args.name))
     report(result)
     return result
 
