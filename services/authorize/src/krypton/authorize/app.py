@@ -137,7 +137,9 @@ class AuthorizeService:
             decision = await self._decide(request)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             _log.warning("decision failed", error=repr(exc))
-            await self._respond(msg, 503, encode({"detail": "policy store unavailable"}), {})
+            await self._respond(
+                msg, 503, encode({"detail": "policy store unavailable"}), {"Retry-After": "2"}
+            )
             return
         await self._respond(msg, 200, encode(decision), {})
 
@@ -165,7 +167,9 @@ class AuthorizeService:
             decisions = [await self._decide(r) for r in batch.requests]
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             _log.warning("decision failed", error=repr(exc))
-            await self._respond(msg, 503, encode({"detail": "policy store unavailable"}), {})
+            await self._respond(
+                msg, 503, encode({"detail": "policy store unavailable"}), {"Retry-After": "2"}
+            )
             return
         await self._respond(msg, 200, encode(DecideBatchResponse(decisions=decisions)), {})
 
@@ -181,9 +185,15 @@ class AuthorizeService:
         op = msg.subject.removeprefix(f"{subjects.SVC_AUTHZ}.")
         try:
             status, body, headers = await handle_command(self.policy, self.publisher, op, msg.data)
+        except asyncpg.DataError as exc:
+            # A value PostgreSQL refuses (a NUL byte, an out-of-range number): the caller's
+            # input, not an outage, so a 400 and no retry.
+            _log.info("command refused: invalid value", op=op, error=type(exc).__name__)
+            status, body, headers = 400, encode({"detail": "a value in the request is invalid"}), {}
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             _log.warning("command failed", op=op, error=repr(exc))
-            status, body, headers = 503, encode({"detail": "policy store unavailable"}), {}
+            status, body = 503, encode({"detail": "policy store unavailable"})
+            headers = {"Retry-After": "2"}
         await self._respond(msg, status, body, headers)
 
 

@@ -33,7 +33,12 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    """A problem+json response; `detail` is the reason shown to the caller."""
+    """A problem+json response; `detail` is the reason shown to the caller.
+
+    A 503 always says when to come back (`Retry-After`, 2 s unless the caller set it).
+    """
+    if status == 503 and "Retry-After" not in (headers or {}):
+        headers = {**(headers or {}), "Retry-After": "2"}
     body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status}
     body["detail"] = detail
     body.update(extra)
