@@ -13,6 +13,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from krypton.bus import streams
 from krypton.bus.permissions import EDGE_FORWARDER, edge_leaf_authorization, inbox_prefix
@@ -59,6 +60,26 @@ async def _until(check: object, timeout: float = 30.0) -> None:
     pytest.fail("condition not reached")
 
 
+@contextlib.asynccontextmanager
+async def _running(forwarder: BoxForwarder) -> AsyncIterator[None]:
+    """The forwarder's loop for the duration of the block."""
+    task = asyncio.create_task(forwarder.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until_box_drained(box_js: JetStreamContext) -> None:
+    async def drained() -> bool:
+        info = await box_js.stream_info(subjects.EDGE_STREAM)
+        return bool(info.state.messages == 0)
+
+    await _until(drained)
+
+
 async def test_chunks_out_of_order_and_repeated_become_one_ingest_announcement(
     linked: tuple[NatsServer, LeafServer], tmp_path: Path
 ) -> None:
@@ -84,8 +105,7 @@ async def test_chunks_out_of_order_and_repeated_become_one_ingest_announcement(
                 headers=chunk_headers(entry, index, len(chunks)),
             )
         forwarder = BoxForwarder(hub_nc, store, STRUCTURE, batch=8)
-        task = asyncio.create_task(forwarder.run())
-        try:
+        async with _running(forwarder):
             hub_js = hub_nc.jetstream()
 
             async def announced() -> bool:
@@ -95,16 +115,7 @@ async def test_chunks_out_of_order_and_repeated_become_one_ingest_announcement(
                 return False
 
             await _until(announced)
-
-            async def drained() -> bool:
-                info = await box_js.stream_info(subjects.EDGE_STREAM)
-                return bool(info.state.messages == 0)
-
-            await _until(drained)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _until_box_drained(box_js)
         msg = await hub_js.get_last_msg(subjects.INGEST_STREAM, f"{subjects.INGEST_RECEIVED}.>")
         event = msgspec.json.decode(msg.data, type=IngestReceived)
         # The structure is the one configured for the box's domain, whatever a message says.
@@ -132,18 +143,8 @@ async def test_a_malformed_chunk_is_dropped_not_retried(
             subjects.edge_instance(STRUCTURE), b"x", headers={EdgeChunkHeaders.INDEX: "7"}
         )
         forwarder = BoxForwarder(hub_nc, FileSystemStore(tmp_path / "o"), STRUCTURE)
-        task = asyncio.create_task(forwarder.run())
-        try:
-
-            async def drained() -> bool:
-                info = await box_js.stream_info(subjects.EDGE_STREAM)
-                return bool(info.state.messages == 0)
-
-            await _until(drained)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with _running(forwarder):
+            await _until_box_drained(box_js)
         assert forwarder.forwarded_total == 0
     finally:
         await box_nc.close()
@@ -170,18 +171,8 @@ async def test_a_chunk_redelivered_after_its_instance_was_forwarded_is_acked(
         await box_js.publish(
             subjects.edge_instance(STRUCTURE), data[50:], headers=chunk_headers(entry, 1, 2)
         )
-        task = asyncio.create_task(forwarder.run())
-        try:
-
-            async def drained() -> bool:
-                info = await box_js.stream_info(subjects.EDGE_STREAM)
-                return bool(info.state.messages == 0)
-
-            await _until(drained)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with _running(forwarder):
+            await _until_box_drained(box_js)
         assert forwarder.forwarded_total == 0
     finally:
         await box_nc.close()
