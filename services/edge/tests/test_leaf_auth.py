@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from krypton.bus.permissions import (
@@ -62,6 +63,31 @@ async def hub(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, int, Path]]:
         await asyncio.to_thread(server.stop)
 
 
+@pytest.fixture
+async def box_a(
+    hub: tuple[NatsServer, int, Path], tmp_path: Path
+) -> AsyncIterator[tuple[Client, Client]]:
+    """Box A linked to the hub with its password: a client on the hub, a client on the box."""
+    server, leaf_port, _ = hub
+    leaf = LeafServer(
+        tmp_path / "leaf", BOX_A, f"nats-leaf://127.0.0.1:{leaf_port}", password=PASSWORDS[BOX_A]
+    )
+    await asyncio.to_thread(leaf.start)
+    hub_nc = await nats.connect(server.url)
+    box_nc = await nats.connect(leaf.url)
+    try:
+
+        async def linked() -> bool:
+            return await _leaf_links(leaf) == 1
+
+        await _until(linked)
+        yield hub_nc, box_nc
+    finally:
+        await box_nc.close()
+        await hub_nc.close()
+        await asyncio.to_thread(leaf.stop)
+
+
 @pytest.mark.parametrize(
     ("password", "refused_as"),
     [("wrong", f"edge-{BOX_A}"), (None, "local"), (PASSWORDS[BOX_B], f"edge-{BOX_A}")],
@@ -90,129 +116,97 @@ async def test_a_leaf_without_its_credentials_never_links(
 
 
 async def test_a_linked_box_can_send_only_replies_to_the_forwarder(
-    hub: tuple[NatsServer, int, Path], tmp_path: Path
+    box_a: tuple[Client, Client],
 ) -> None:
-    server, leaf_port, _ = hub
-    leaf = LeafServer(
-        tmp_path / "leaf", BOX_A, f"nats-leaf://127.0.0.1:{leaf_port}", password=PASSWORDS[BOX_A]
-    )
-    await asyncio.to_thread(leaf.start)
-    hub_nc = await nats.connect(server.url)
-    box_nc = await nats.connect(leaf.url)
-    try:
+    hub_nc, box_nc = box_a
+    got: list[str] = []
 
-        async def linked() -> bool:
-            return await _leaf_links(leaf) == 1
+    async def record(msg: Msg) -> None:
+        got.append(msg.subject)
 
-        await _until(linked)
-        got: list[str] = []
+    canary = f"{inbox_prefix(EDGE_FORWARDER)}.canary"
+    forbidden = [
+        subjects.ingest_received(BOX_A),
+        subjects.ingest_received(BOX_B),
+        f"{subjects.AUDIT_EVENT}.x",
+        "$JS.API.STREAM.INFO.KRYPTON_INGEST",
+        f"$JS.{subjects.edge_domain(BOX_B)}.API.STREAM.INFO.{subjects.EDGE_STREAM}",
+        f"$JS.ACK.{subjects.EDGE_STREAM}.region.1.1.1.1.0",
+        "_INBOX.krypton.gateway.x",
+    ]
+    for subject in [*forbidden, canary]:
+        await hub_nc.subscribe(subject, cb=record)
+    await hub_nc.flush()
 
-        async def record(msg: Msg) -> None:
-            got.append(msg.subject)
-
-        canary = f"{inbox_prefix(EDGE_FORWARDER)}.canary"
-        forbidden = [
-            subjects.ingest_received(BOX_A),
-            subjects.ingest_received(BOX_B),
-            f"{subjects.AUDIT_EVENT}.x",
-            "$JS.API.STREAM.INFO.KRYPTON_INGEST",
-            f"$JS.{subjects.edge_domain(BOX_B)}.API.STREAM.INFO.{subjects.EDGE_STREAM}",
-            f"$JS.ACK.{subjects.EDGE_STREAM}.region.1.1.1.1.0",
-            "_INBOX.krypton.gateway.x",
-        ]
-        for subject in [*forbidden, canary]:
-            await hub_nc.subscribe(subject, cb=record)
-        await hub_nc.flush()
-
-        # The hub's interest has to reach the box before its publishes are forwarded: wait
-        # until the canary itself crosses.
-        async def canary_crossed() -> bool:
-            await box_nc.publish(canary, b"ping")
-            await box_nc.flush()
-            await asyncio.sleep(0.2)
-            return canary in got
-
-        await _until(canary_crossed)
-        got.clear()
-        for subject in forbidden:
-            await box_nc.publish(subject, b"forged")
-        await box_nc.publish(canary, b"last")  # in order on the leaf link: after the others
+    # The hub's interest has to reach the box before its publishes are forwarded: wait
+    # until the canary itself crosses.
+    async def canary_crossed() -> bool:
+        await box_nc.publish(canary, b"ping")
         await box_nc.flush()
+        await asyncio.sleep(0.2)
+        return canary in got
 
-        async def last_arrived() -> bool:
-            return canary in got
+    await _until(canary_crossed)
+    got.clear()
+    for subject in forbidden:
+        await box_nc.publish(subject, b"forged")
+    await box_nc.publish(canary, b"last")  # in order on the leaf link: after the others
+    await box_nc.flush()
 
-        await _until(last_arrived)
-        # The hub never even tells the box it has listeners there (it does not propagate
-        # interest outside the box's publish permissions), so nothing forged crosses.
-        assert got == [canary]
-    finally:
-        await box_nc.close()
-        await hub_nc.close()
-        await asyncio.to_thread(leaf.stop)
+    async def last_arrived() -> bool:
+        return canary in got
+
+    await _until(last_arrived)
+    # The hub never even tells the box it has listeners there (it does not propagate
+    # interest outside the box's publish permissions), so nothing forged crosses.
+    assert got == [canary]
 
 
 async def test_a_box_receives_only_its_own_domain_requests_and_acks(
-    hub: tuple[NatsServer, int, Path], tmp_path: Path
+    box_a: tuple[Client, Client],
 ) -> None:
-    server, leaf_port, _ = hub
-    leaf = LeafServer(
-        tmp_path / "leaf", BOX_A, f"nats-leaf://127.0.0.1:{leaf_port}", password=PASSWORDS[BOX_A]
-    )
-    await asyncio.to_thread(leaf.start)
-    hub_nc = await nats.connect(server.url)
-    box_nc = await nats.connect(leaf.url)
-    try:
+    hub_nc, box_nc = box_a
+    seen: list[str] = []
 
-        async def linked() -> bool:
-            return await _leaf_links(leaf) == 1
+    async def record(msg: Msg) -> None:
+        seen.append(msg.subject)
 
-        await _until(linked)
-        seen: list[str] = []
+    # A listener on the box for B's domain and for the region's own subjects gets nothing
+    # the region publishes there; its own domain's API does come across.
+    own = f"$JS.{subjects.edge_domain(BOX_A)}.API.canary"
+    for subject in (
+        f"$JS.{subjects.edge_domain(BOX_B)}.API.>",
+        f"{subjects.INGEST_RECEIVED}.>",
+        "$JS.ACK.>",
+        own,
+    ):
+        await box_nc.subscribe(subject, cb=record)
+    await box_nc.flush()
 
-        async def record(msg: Msg) -> None:
-            seen.append(msg.subject)
-
-        # A listener on the box for B's domain and for the region's own subjects gets nothing
-        # the region publishes there; its own domain's API does come across.
-        own = f"$JS.{subjects.edge_domain(BOX_A)}.API.canary"
-        for subject in (
-            f"$JS.{subjects.edge_domain(BOX_B)}.API.>",
-            f"{subjects.INGEST_RECEIVED}.>",
-            "$JS.ACK.>",
-            own,
-        ):
-            await box_nc.subscribe(subject, cb=record)
-        await box_nc.flush()
-
-        async def own_crossed() -> bool:
-            await hub_nc.publish(own, b"ping")
-            await hub_nc.flush()
-            await asyncio.sleep(0.2)
-            return own in seen
-
-        await _until(own_crossed)
-        seen.clear()
-        await hub_nc.publish(f"$JS.{subjects.edge_domain(BOX_B)}.API.STREAM.INFO.X", b"")
-        await hub_nc.publish(subjects.ingest_received(BOX_A), b"{}")
-        # The region's acks of box B's messages: the box's stream has the same name, but
-        # the durable is B's, so they do not reach A (which would remove its own messages).
-        ack_b = f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(BOX_B)}.1.1.1.1.0"
-        await hub_nc.publish(ack_b, b"")
-        own_ack = f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(BOX_A)}.1.1.1.1.0"
-        await hub_nc.publish(own_ack, b"")
-        await hub_nc.publish(own, b"last")
+    async def own_crossed() -> bool:
+        await hub_nc.publish(own, b"ping")
         await hub_nc.flush()
+        await asyncio.sleep(0.2)
+        return own in seen
 
-        async def last_arrived() -> bool:
-            return own in seen
+    await _until(own_crossed)
+    seen.clear()
+    await hub_nc.publish(f"$JS.{subjects.edge_domain(BOX_B)}.API.STREAM.INFO.X", b"")
+    await hub_nc.publish(subjects.ingest_received(BOX_A), b"{}")
+    # The region's acks of box B's messages: the box's stream has the same name, but
+    # the durable is B's, so they do not reach A (which would remove its own messages).
+    ack_b = f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(BOX_B)}.1.1.1.1.0"
+    await hub_nc.publish(ack_b, b"")
+    own_ack = f"$JS.ACK.{subjects.EDGE_STREAM}.{edge_leaf_durable(BOX_A)}.1.1.1.1.0"
+    await hub_nc.publish(own_ack, b"")
+    await hub_nc.publish(own, b"last")
+    await hub_nc.flush()
 
-        await _until(last_arrived)
-        assert seen == [own_ack, own]
-    finally:
-        await box_nc.close()
-        await hub_nc.close()
-        await asyncio.to_thread(leaf.stop)
+    async def last_arrived() -> bool:
+        return own in seen
+
+    await _until(last_arrived)
+    assert seen == [own_ack, own]
 
 
 async def test_the_box_users_join_the_per_service_users(tmp_path: Path) -> None:
