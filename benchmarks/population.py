@@ -162,6 +162,11 @@ class Config:
     objects: int = 20
     object_instances: int = 3
     object_size: int = 256
+    # Series and instance rows for one study in `detail_every` (1: all). At 18M studies full
+    # detail needs ~85 GB of disk; study searches read only `index.studies` (its series and
+    # instance counts and modalities are denormalised there), so a sparser detail keeps them
+    # exact while series/instance searches and WADO use the studies that have it.
+    detail_every: int = 1
 
     @property
     def n_patients(self) -> int:
@@ -560,6 +565,8 @@ def chunk_copy_data(config: Config, chunk: int) -> tuple[int, dict[str, bytes], 
         if start + k < config.objects:
             continue  # rendered as real objects by the objects step
         studies.append("\t".join(_text(cols[c][k]) for c in _STUDY_COLUMNS))
+        if (start + k) % config.detail_every:
+            continue
         study_uid = cols["study_uid"][k]
         day, study_time, body_part, s, _, station, rows = cols["series"][k]
         for number, modality, name, count_i, size in rows:
@@ -1032,6 +1039,8 @@ async def load_population(
         await conn.execute("SET synchronous_commit = off")
         await migrate(conn)
         known = await _meta(conn, "config")
+        if known is not None:
+            known.setdefault("detail_every", 1)  # stored before the field existed
         if known is None:
             await _set_meta(conn, "config", asdict(config))
         elif known != asdict(config):
@@ -1085,6 +1094,7 @@ def config_of(args: argparse.Namespace) -> Config:
         care=args.care,
         opposition_share=args.opposition_share,
         objects=args.objects,
+        detail_every=args.detail_every,
     )
 
 
@@ -1098,6 +1108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--professionals", type=int, default=2000)
     parser.add_argument("--care", type=int, default=200, help="care relationships per professional")
     parser.add_argument("--opposition-share", type=float, default=0.01)
+    parser.add_argument(
+        "--detail-every",
+        type=int,
+        default=1,
+        help="series/instance rows for one study in N (study searches stay exact; saves disk)",
+    )
     parser.add_argument("--objects", type=int, default=20, help="studies with real DICOM files")
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument("--keep-indexes", action="store_true", help="COPY with indexes in place")

@@ -35,3 +35,26 @@ async def test_statement_timeout_can_be_disabled(pg_dsn: str) -> None:
         assert await pool.fetchval("SHOW statement_timeout") == "0"
     finally:
         await pool.close()
+
+
+async def _plan_after_repeats(pool: asyncpg.Pool) -> str:
+    async with pool.acquire() as conn:
+        await conn.execute("PREPARE probe(int) AS SELECT relname FROM pg_class WHERE relpages > $1")
+        for _ in range(8):  # PostgreSQL considers the generic plan after the fifth run
+            await conn.execute("EXECUTE probe(7)")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE probe(7)"))
+        await conn.execute("DEALLOCATE probe")
+        return plan
+
+
+async def test_custom_plans_keep_the_values_in_every_plan(pg_dsn: str) -> None:
+    # The index's searches depend on it: a generic plan ignores the date range and modality.
+    custom = await create_pool(pg_dsn, min_size=1, max_size=1, custom_plans=True)
+    plain = await create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        assert await custom.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        assert "> 7" in await _plan_after_repeats(custom)
+        assert "> $1" in await _plan_after_repeats(plain)  # what the setting prevents
+    finally:
+        await custom.close()
+        await plain.close()

@@ -20,6 +20,7 @@ async def create_pool(
     max_size: int = 10,
     application_name: str = "krypton",
     statement_timeout: float | None = 30.0,
+    custom_plans: bool = False,
 ) -> asyncpg.Pool:
     """Open a connection pool on `dsn`.
 
@@ -30,6 +31,12 @@ async def create_pool(
         application_name: shown in ``pg_stat_activity``; use the service name.
         statement_timeout: seconds after which the server cancels a statement
             (``asyncpg.QueryCanceledError``); ``None`` or 0 disables it.
+        custom_plans: plan every execution of a prepared statement with its values
+            (``plan_cache_mode = force_custom_plan``). asyncpg prepares every statement, and
+            after five runs PostgreSQL may switch to a generic plan that ignores the values;
+            for searches whose best plan depends on them (a date range + modality: 0.6 ms with
+            the custom plan, 22-45 ms with the generic one at 1M studies) that is a trap, and
+            planning costs ~0.1 ms.
 
     Returns:
         The open pool; close it with ``await pool.close()``.
@@ -37,6 +44,8 @@ async def create_pool(
     settings = {"jit": "off", "application_name": application_name}
     if statement_timeout:
         settings["statement_timeout"] = str(int(statement_timeout * 1000))
+    if custom_plans:
+        settings["plan_cache_mode"] = "force_custom_plan"
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,

@@ -47,7 +47,11 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         pool = await create_pool(
-            settings.pg_dsn.get_secret_value(), min_size=2, max_size=10, application_name="index"
+            settings.pg_dsn.get_secret_value(),
+            min_size=2,
+            max_size=10,
+            application_name="index",
+            custom_plans=True,
         )
         await migrate(pool)
         nc: Client = await connect(settings.nats_url, "index-consumer")
