@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from krypton.core.errors import ConfigurationError
 from krypton.core.settings import KryptonSettings
@@ -63,19 +64,31 @@ def exporters_from_env() -> list[SpanExporter]:
     return chosen
 
 
-def setup_telemetry(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
+def setup_telemetry(
+    service: str, exporter: SpanExporter | None = None, *, idle_without_exporter: bool = False
+) -> TracerProvider:
     """Install (once) and return the process's tracer provider.
 
     Args:
         service: `service.name` of every span of this process (prefixed `krypton-`).
         exporter: Where spans go; by default those `OTEL_TRACES_EXPORTER` names.
+        idle_without_exporter: when no exporter is configured (and no `OTEL_TRACES_SAMPLER`
+            chosen), sample nothing: spans are then non-recording, which costs almost
+            nothing, instead of being built, timed and dropped on every request, message
+            and statement (the default `make up` exports nothing). Trace ids still flow
+            through `traceparent` and the logs.
     """
     global _configured
     if _configured is not None:
         return _configured
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: f"krypton-{service}"}))
-    for chosen in [exporter] if exporter is not None else exporters_from_env():
-        provider.add_span_processor(BatchSpanProcessor(chosen))
+    chosen = [exporter] if exporter is not None else exporters_from_env()
+    idle = idle_without_exporter and not chosen and not os.environ.get("OTEL_TRACES_SAMPLER")
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: f"krypton-{service}"}),
+        sampler=ALWAYS_OFF if idle else None,
+    )
+    for one in chosen:
+        provider.add_span_processor(BatchSpanProcessor(one))
     trace.set_tracer_provider(provider)
     _configured = provider
     return provider
@@ -87,5 +100,5 @@ def setup_observability(service: str, settings: KryptonSettings) -> int:
     Returns:
         The port `/metrics` is served on, 0 when off (`KRYPTON_METRICS_PORT=0`).
     """
-    setup_telemetry(service)
+    setup_telemetry(service, idle_without_exporter=True)
     return start_metrics_server(service, settings.metrics_port, settings.metrics_host)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import nats.errors
 from starlette.requests import Request
@@ -14,7 +16,7 @@ from krypton.contracts.index.v1 import QidoLevelValues, QidoRequest
 from krypton.core.errors import ValidationError
 from krypton.core.logging import get_logger
 from krypton.dicom.qido import parse_qido
-from krypton.gateway import audit_emit as audit
+from krypton.gateway import audit_emit as audit, timing
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 
@@ -41,7 +43,13 @@ async def search(
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> Response:
-    """Handle a QIDO-RS search at `level`, scoped by the path's UIDs."""
+    """Handle a QIDO-RS search at `level`, scoped by the path's UIDs.
+
+    The answer carries a ``Server-Timing`` header (``parse``, ``index``: the NATS round trip
+    to the index service including its SQL and rendering, ``audit``: until JetStream holds
+    the audit event, ``total``) so a slow search shows which hop it spent its time in.
+    """
+    timings = timing.begin()
     if not _accepts_json(request.headers.get("accept", "")):
         return problem(406, "QIDO-RS answers application/dicom+json only")
     try:
@@ -53,10 +61,12 @@ async def search(
         )
     except ValidationError as exc:
         return problem(400, exc.reason, parameter=exc.field)
+    timings.add("parse", time.perf_counter() - timings.started)
     base = (ctx.settings.public_url or str(request.base_url)).rstrip("/") + "/dicomweb"
     payload = encode(QidoRequest(query=query, actor=actor, base_url=base))
     try:
-        reply = await ctx.nc.request(subjects.SVC_INDEX_QIDO, payload, timeout=10.0)
+        with timing.stage("index"):
+            reply = await ctx.nc.request(subjects.SVC_INDEX_QIDO, payload, timeout=10.0)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
         _log.warning("index unavailable", error=repr(exc))
         return problem(503, "search unavailable; retry later", headers={"Retry-After": "2"})
@@ -74,17 +84,20 @@ async def search(
     except msgspec.DecodeError:
         access = {}
     try:
-        await audit.emit_all(
-            ctx,
-            audit.search_events(
-                request,
-                actor,
-                reply.data,
-                access,
-                query=audit.query_string(request),
-                detail={"level": level.value, "results": headers.get("Krypton-Count", "")},
-            ),
-        )
+        with timing.stage("audit"):
+            await audit.emit_all(
+                ctx,
+                audit.search_events(
+                    request,
+                    actor,
+                    reply.data,
+                    access,
+                    query=audit.query_string(request),
+                    detail={"level": level.value, "results": headers.get("Krypton-Count", "")},
+                ),
+            )
     except audit.AuditUnavailableError:
         return audit.unavailable()
-    return Response(reply.data, media_type=DICOM_JSON)
+    response = Response(reply.data, media_type=DICOM_JSON)
+    timings.apply(response)
+    return response
