@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import random
 import shutil
 import sys
@@ -674,6 +675,7 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._nc: Any = None
         self._conn: asyncpg.Connection | None = None
+        self._conn_lock = asyncio.Lock()  # the poller and the end-of-load check share it
 
     async def start(self) -> None:
         """Connect and start polling."""
@@ -685,12 +687,13 @@ class Monitor:
         """Rows in ``index.instances`` of the feed's series (by the series index)."""
         if self.feed is None or self._conn is None or not self.feed.series:
             return 0
-        return int(
-            await self._conn.fetchval(
-                "SELECT count(*) FROM index.instances WHERE series_uid = ANY($1::text[])",
-                list(self.feed.series),
+        async with self._conn_lock:
+            return int(
+                await self._conn.fetchval(
+                    "SELECT count(*) FROM index.instances WHERE series_uid = ANY($1::text[])",
+                    list(self.feed.series),
+                )
             )
-        )
 
     async def _run(self) -> None:
         js = self._nc.jetstream()
@@ -1122,8 +1125,21 @@ def findings(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def fixed_mmap_threshold() -> None:
+    """Have glibc hand every allocation of 1 MiB or more straight back to the system.
+
+    Its threshold otherwise rises after the first 5 MB STOW body is freed; later bodies then
+    come from the heap, which keeps the freed memory, and the client's RSS grows by ~85 MiB a
+    minute without any leak (measured: with this, it stays within 180-250 MiB). Same effect as
+    ``MALLOC_MMAP_THRESHOLD_=1048576``; nothing happens where there is no glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # -3 = M_MMAP_THRESHOLD
+
+
 async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; return (and save) its result."""
+    fixed_mmap_threshold()
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     population.add_arguments(parser)
     parser.set_defaults(studies=0)
