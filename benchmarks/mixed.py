@@ -1022,7 +1022,7 @@ def report(result: dict[str, Any]) -> None:
     p = result["params"]
     print(f"\nMachine: {machine_line(result['machine'])}")
     print(
-        f"Data: {result['data']}\nLoad: {p['duration_s']:.0f} s, {p['search_clients']} search, "
+        f"Data: { {k: v for k, v in result['data'].items() if k != 'load'} }\nLoad: {p['duration_s']:.0f} s, {p['search_clients']} search, "
         f"{p['retrieve_clients']} retrieve, {p['ingest_clients']} ingest clients "
         f"({p['per_request']}/request, rate {p['ingest_rate'] or 'unlimited'}), "
         f"{len(p['retrieval_targets'])} retrieval targets\n"
