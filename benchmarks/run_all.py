@@ -135,6 +135,13 @@ def summary() -> str:
                 for name, r in streams.items()
             )
         )
+        ingest = mixed["phases"]["mixed"].get("ingest")
+        if ingest:
+            lines.append(
+                f"  ingest under load: {ingest['acked_per_s']} instances/s acked, all indexed "
+                f"{ingest['all_indexed_s_after_last_ack']} s after the last ack; searchable "
+                f"{mixed['searchable']['instances']} of {mixed['searchable']['acked']}"
+            )
         if mixed["interference"]:
             lines.append(
                 "  p99 mixed / alone: "
