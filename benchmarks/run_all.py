@@ -6,11 +6,14 @@
 3. ``scale.py --studies 1000000``: QIDO with the access policy and WADO over a regional
    population of 1M studies (`population.py`, COPY). The population is kept in
    ``.state/bench-1000000``: the first run loads it (a few minutes), later runs reuse it.
+4. ``mixed.py --studies 1000000 --duration 90 --alone --ingest-rate 50``: searches,
+   retrievals and ingest at the same time on that population, each stream alone first
+   (30 s each) for the interference ratio; the run's ingested studies are deleted afterwards.
 
 Each benchmark runs in its own process (its own platform), one after the other so they never
 share the two cores. Results land in ``benchmarks/results/``; this script prints a summary at
-the end. About 15-20 minutes on a 2-core machine the first time, less once the population is
-cached (add 5-10 minutes with ``--orthanc``).
+the end. About 20-25 minutes on a 2-core machine the first time, less once the population is
+cached (add 5-10 minutes with ``--orthanc``); the mixed step takes 5-10 of them.
 
     .venv/bin/python benchmarks/run_all.py [--orthanc] [--scale-studies 1000000]
 
@@ -121,6 +124,37 @@ def summary() -> str:
         lines.append(
             "  WADO p99: " + ", ".join(f"{kind} {v['p99_ms']:.1f} ms" for kind, v in wado.items())
         )
+    mixed = _load("mixed")
+    if mixed:
+        streams = mixed["phases"]["mixed"]["streams"]
+        lines.append(
+            f"mixed: {mixed['params']['duration_s']:.0f} s, "
+            + ", ".join(
+                f"{name} {r['summary'].get('per_s', 0):.0f} req/s p99 {r['summary']['p99_ms']:.0f} ms"
+                f" ({r['drift']['verdict']}, {r['errors']} errors)"
+                for name, r in streams.items()
+            )
+        )
+        ingest = mixed["phases"]["mixed"].get("ingest")
+        if ingest:
+            lines.append(
+                f"  ingest under load: {ingest['acked_per_s']} instances/s acked, all indexed "
+                f"{ingest['all_indexed_s_after_last_ack']} s after the last ack; searchable "
+                f"{mixed['searchable']['instances']} of {mixed['searchable']['acked']}"
+            )
+        if mixed["interference"]:
+            lines.append(
+                "  p99 mixed / alone: "
+                + ", ".join(f"{k} {v['p99_ratio']}x" for k, v in mixed["interference"].items())
+            )
+        memory = mixed["phases"]["mixed"]["memory"]
+        lines.append(
+            "  memory: "
+            + ", ".join(
+                f"{k} {v['verdict']} (peak {v['peak_mib']:.0f} MiB)" for k, v in memory.items()
+            )
+        )
+        lines.append(f"  findings: {len(mixed['findings'])} (see results/mixed.json)")
     return "\n".join(lines)
 
 
@@ -128,7 +162,7 @@ CLIENTS = 8
 
 
 def main() -> int:
-    """Run the three benchmarks and print the summary; non-zero if one failed."""
+    """Run the four benchmarks and print the summary; non-zero if one failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--orthanc", action="store_true", help="include the Orthanc reference")
     parser.add_argument("--scale-studies", type=int, default=1_000_000)
@@ -145,6 +179,14 @@ def main() -> int:
         )
         and ok
     )
+    ok = (
+        _run(
+            "mixed.py",
+            ["--studies", str(args.scale_studies), "--duration", "90", "--alone",
+             "--ingest-rate", "50", "--drain-timeout", "90"],
+        )
+        and ok
+    )  # fmt: skip
     print("\n=== summary\n" + summary())
     return 0 if ok else 1
 
