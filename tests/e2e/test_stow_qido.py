@@ -173,3 +173,31 @@ async def test_an_instance_of_another_study_than_the_url_is_refused(
     )
     assert response.status_code == 409
     assert failure_reasons(response.json()) == [STUDY_MISMATCH]
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/dicom+json", 200),
+        ("application/json;q=0.5, image/png", 200),
+        ("*/*", 200),
+        ("application/*", 200),
+        ("image/png", 406),
+        ("application/dicom+json;q=0", 406),  # refused explicitly
+        ("not a media range", 406),
+    ],
+)
+async def test_a_search_answers_dicom_json_to_whoever_accepts_it(
+    platform: Running, http: httpx.AsyncClient, accept: str, status: int
+) -> None:
+    response = await http.get(
+        f"{platform.url}/studies",
+        params={"StudyInstanceUID": "1.2.3.4"},
+        headers={**platform.admin(), "Accept": accept},
+    )
+    assert response.status_code == status
+    if status == 200:
+        assert response.headers["content-type"] == "application/dicom+json"
+        assert "index;dur=" in response.headers["server-timing"]
+    else:
+        assert response.headers["content-type"] == "application/problem+json"

@@ -19,20 +19,22 @@ from krypton.dicom.qido import parse_qido
 from krypton.gateway import audit_emit as audit, timing
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
+from krypton.gateway.wado_accept import parse_accept
 
 __all__ = ["search"]
 
 _log = get_logger("krypton.gateway.qido")
 DICOM_JSON = "application/dicom+json"
-_ACCEPTABLE = ("application/dicom+json", "application/json", "*/*", "application/*")
 _access = msgspec.json.Decoder(dict[str, str])
 
 
-def _accepts_json(accept: str) -> bool:
-    if not accept:
-        return True
-    media = [part.split(";", 1)[0].strip().lower() for part in accept.split(",")]
-    return any(m in _ACCEPTABLE for m in media)
+def _accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header admits DICOM JSON (the same parser as WADO-RS: q=0 refuses)."""
+    try:
+        ranges = parse_accept(accept)
+    except ValueError:
+        return False
+    return any(r.matches(DICOM_JSON) or r.matches("application/json") for r in ranges)
 
 
 async def search(
@@ -50,7 +52,7 @@ async def search(
     the audit event, ``total``) so a slow search shows which hop it spent its time in.
     """
     timings = timing.begin()
-    if not _accepts_json(request.headers.get("accept", "")):
+    if not _accepts_json(request.headers.get("accept")):
         return problem(406, "QIDO-RS answers application/dicom+json only")
     try:
         query = parse_qido(
