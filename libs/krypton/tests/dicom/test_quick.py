@@ -140,7 +140,7 @@ EDGE_CASES = {
     "latin-1 names": {"SpecificCharacterSet": "ISO_IR 100", "PatientName": "Hélène^Zoé"},
     "utf-8 names": {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "Łucja^Ørsted"},
     "name groups": {"PatientName": "Yamada^Tarou=山田^太郎", "SpecificCharacterSet": "ISO_IR 192"},
-    "other charset": {"SpecificCharacterSet": "ISO_IR 144", "StudyDescription": "КТ"},
+    "other charset": {"SpecificCharacterSet": "ISO_IR 144", "StudyDescription": "\u041a\u0422"},
     "several values": {"Modality": ["CT", "PT"], "InstanceNumber": "3", "SeriesNumber": "+4"},
     "padded numbers": {"InstanceNumber": " 12 ", "NumberOfFrames": "1"},
     "decimal IS": {"InstanceNumber": "12.0"},
