@@ -141,6 +141,12 @@ EDGE_CASES = {
     "utf-8 names": {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "Łucja^Ørsted"},
     "name groups": {"PatientName": "Yamada^Tarou=山田^太郎", "SpecificCharacterSet": "ISO_IR 192"},
     "other charset": {"SpecificCharacterSet": "ISO_IR 144", "StudyDescription": "\u041a\u0422"},
+    "ISO 2022 escapes": {
+        "SpecificCharacterSet": ["", "ISO 2022 IR 87"],
+        "StudyDescription": "\u5c71\u7530",  # JIS X 0208 bytes are all below 0x80
+    },
+    "escape without character set": {"StudyDescription": "A\x1b$BA"},
+    "escape in Latin-1": {"SpecificCharacterSet": "ISO_IR 100", "StudyDescription": "\x1b(BZ"},
     "several values": {"Modality": ["CT", "PT"], "InstanceNumber": "3", "SeriesNumber": "+4"},
     "padded numbers": {"InstanceNumber": " 12 ", "NumberOfFrames": "1"},
     "decimal IS": {"InstanceNumber": "12.0"},

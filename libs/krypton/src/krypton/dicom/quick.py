@@ -128,10 +128,12 @@ _HHL: Final = struct.Struct("<HHL")
 _BINARY_SIZES: Final = {
     b"UL": 4, b"SL": 4, b"US": 2, b"SS": 2, b"FL": 4, b"FD": 8, b"AT": 4,
 }  # fmt: skip
-# Character sets whose text we decode here; any other leaves non-ASCII text to pydicom.
+# Character sets whose text we decode here (none = the default repertoire); pydicom decodes the
+# text of any other.
 _CODECS: Final = {"ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
 _TEXT_VRS: Final = frozenset({"SH", "LO", "PN", "UC"})
 _ASCII_VRS: Final = frozenset({"UI", "CS", "DA", "TM", "AS", "AE"})
+_ESC: Final = b"\x1b"
 _UID: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _SLOW: Final = object()  # "let pydicom convert this element"
 # An element found by the walk: VR as encoded (None for implicit VR), value bytes, value offset.
@@ -177,7 +179,8 @@ class QuickValues:
         charset = raw.get(_CHARSET_TAG)
         self._codec: str | None = "ascii"
         if charset is not None and charset[1]:
-            name = charset[1].decode("latin_1").strip(" \0")
+            # Stripped as pydicom does (trailing only): " ISO_IR 192" is not ours to guess.
+            name = charset[1].decode("latin_1").rstrip(" \0")
             self._codec = _CODECS.get(name) if name else "ascii"
 
     def __contains__(self, keyword: str) -> bool:
@@ -205,9 +208,14 @@ class QuickValues:
         if not data:
             return "" if vr in _TEXT_VRS or vr in _ASCII_VRS or vr == "IS" else _SLOW
         if vr in _TEXT_VRS:
+            if self._codec is None or _ESC in data:
+                # Another character set, or an escape sequence (which pydicom interprets
+                # whatever the character set): ISO 2022 text such as JIS X 0208 is made of
+                # bytes below 0x80, so even ASCII is pydicom's to decode then.
+                return _SLOW
             if data.isascii():
                 text = data.decode("ascii")
-            elif self._codec is None or self._codec == "ascii":
+            elif self._codec == "ascii":
                 return _SLOW
             else:
                 try:
