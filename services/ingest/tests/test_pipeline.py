@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from krypton.bus import streams
 from krypton.bus.codec import encode
@@ -26,6 +26,10 @@ from krypton.contracts.common.v1 import Actor, RoleValues
 from krypton.contracts.ingest.v1 import IngestReceived, IngestResult, InstanceStored
 from krypton.db.migrations import apply_migrations
 from krypton.dicom.errors import FailureReasonValues
+from krypton.dicom.extract import extract
+from krypton.dicom.header import read_header
+from krypton.dicom.identity import INS_NIR_TEST_OID, ins_key
+from krypton.dicom.quick import read_quick
 from krypton.dicom.testfiles import pydicom_test_files
 from krypton.ingest.app import MIGRATIONS, SCHEMA
 from krypton.ingest.consumer import UploadConsumer
@@ -254,3 +258,57 @@ async def test_the_consumer_answers_each_upload_on_its_reply_subject(rig: Rig) -
     finally:
         await consumer.stop()
     assert [answers[e.staging_key].ok for e in events] == [True] * 6 + [False]
+
+
+def _variant(study: str, sop: str, kind: str) -> bytes:
+    """CT_small as an ordinary file, with an INS in an undefined-length sequence, or deflated."""
+    ds = pydicom.dcmread(next(p for p in pydicom_test_files() if p.name == "CT_small.dcm"))
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = f"{study}.1"
+    ds.SOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
+    if kind == "ins":
+        qualifier = pydicom.Dataset()
+        qualifier.UniversalEntityID = INS_NIR_TEST_OID
+        qualifier.UniversalEntityIDType = "ISO"
+        other = pydicom.Dataset()
+        other.PatientID = "1850312345678" + ins_key("1850312345678")
+        other.IssuerOfPatientIDQualifiersSequence = [qualifier]
+        ds.OtherPatientIDsSequence = [other]
+        ds["OtherPatientIDsSequence"].is_undefined_length = True
+    if kind == "deflated":
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+async def test_fast_and_full_header_paths_store_the_same_attributes_in_one_batch(
+    rig: Rig,
+) -> None:
+    kinds = ["plain", "ins", "deflated"]
+    studies = [f"{ROOT}.{next(_uids)}" for _ in kinds]  # the INS is another patient
+    datas = [
+        _variant(study, f"{study}.1.{i}", kind)
+        for i, (study, kind) in enumerate(zip(studies, kinds, strict=True))
+    ]
+    # The first two take the fast path, the deflated one the full reader.
+    assert [read_quick(d) is not None for d in datas] == [True, True, False]
+
+    results = await rig.pipeline.process_many([await rig.stage(d) for d in datas])
+
+    for data, result in zip(datas, results, strict=True):
+        assert isinstance(result, Outcome)
+        assert result.stored is not None
+        header = read_header(data)
+        expected = extract(header, rig.structure)
+        stored = result.stored
+        assert (stored.patient, stored.study, stored.series, stored.instance) == (
+            expected.patient,
+            expected.study,
+            expected.series,
+            expected.instance,
+        )
+        assert stored.pixel_data_offset == header.pixel_data_offset
+    assert results[1].stored is not None
+    assert results[1].stored.patient.key.startswith("INS:")

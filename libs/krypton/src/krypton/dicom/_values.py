@@ -5,12 +5,30 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-__all__ = ["collect_warnings", "element_value", "items", "text"]
+__all__ = ["ValueSource", "collect_warnings", "element_value", "items", "text"]
+
+
+class _Element(Protocol):
+    @property
+    def value(self) -> Any: ...
+
+
+class ValueSource(Protocol):
+    """What the readers below need of a data set.
+
+    A pydicom `Dataset`, or the fast path's `krypton.dicom.quick.QuickValues`.
+    """
+
+    def __contains__(self, name: str, /) -> bool: ...
+
+    def data_element(self, name: str, /) -> _Element | None: ...
+
 
 _MISSING = object()
 
@@ -32,7 +50,7 @@ def collect_warnings(notes: list[str]) -> Iterator[None]:
             notes.append(message)
 
 
-def element_value(ds: Dataset, keyword: str, notes: list[str] | None = None) -> object:
+def element_value(ds: ValueSource, keyword: str, notes: list[str] | None = None) -> object:
     """The value of `keyword` in `ds`, or None when absent, empty or not decodable."""
     if keyword not in ds:
         return None
@@ -47,7 +65,7 @@ def element_value(ds: Dataset, keyword: str, notes: list[str] | None = None) -> 
     return element.value
 
 
-def text(ds: Dataset, keyword: str, notes: list[str] | None = None) -> str | None:
+def text(ds: ValueSource, keyword: str, notes: list[str] | None = None) -> str | None:
     """The value of a string-like attribute as one stripped string, or None when empty.
 
     Multiple values are joined with a backslash, their DICOM encoding; person names give their
@@ -56,6 +74,8 @@ def text(ds: Dataset, keyword: str, notes: list[str] | None = None) -> str | Non
     value = element_value(ds, keyword, notes)
     if value is None:
         return None
+    if type(value) is str:  # the common case, without the isinstance checks below
+        return value.strip(" \0") or None
     if isinstance(value, bytes):
         # A VR pydicom left as bytes (UN, OB) where text was expected: decode leniently.
         value = value.decode("latin-1")
@@ -67,7 +87,7 @@ def text(ds: Dataset, keyword: str, notes: list[str] | None = None) -> str | Non
     return result or None
 
 
-def items(ds: Dataset, keyword: str, notes: list[str] | None = None) -> list[Dataset]:
+def items(ds: ValueSource, keyword: str, notes: list[str] | None = None) -> list[Dataset]:
     """The items of a sequence attribute, an empty list when absent or unreadable."""
     value = element_value(ds, keyword, notes)
     if isinstance(value, Sequence):

@@ -22,10 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from pydicom.dataset import Dataset
-
 from krypton.contracts.ingest.v1 import PatientIdentity
-from krypton.dicom._values import collect_warnings, items, text
+from krypton.dicom._values import ValueSource, collect_warnings, items, text
 from krypton.dicom.errors import DicomRejection, FailureReasonValues
 
 __all__ = [
@@ -108,12 +106,12 @@ def is_valid_ins(value: str | None) -> bool:
     return match is not None and ins_key(match["nir"]) == match["key"]
 
 
-def normalise_identity(ds: Dataset, structure: str) -> PatientIdentity:
+def normalise_identity(ds: ValueSource, structure: str) -> PatientIdentity:
     """The platform identity of the patient of `ds`; see `resolve_identity`."""
     return resolve_identity(ds, structure).identity
 
 
-def resolve_identity(ds: Dataset, structure: str) -> ResolvedIdentity:
+def resolve_identity(ds: ValueSource, structure: str) -> ResolvedIdentity:
     """Find the patient's INS if a trusted one is present, else use the local identifier.
 
     Looks, in order, at Patient ID qualified by an INS issuer, then at each item of Other
@@ -134,7 +132,7 @@ def resolve_identity(ds: Dataset, structure: str) -> ResolvedIdentity:
     with collect_warnings(notes):
         patient_id = text(ds, "PatientID", notes)
         issuer = text(ds, "IssuerOfPatientID", notes)
-        candidates: list[tuple[str, Dataset]] = [("PatientID", ds)]
+        candidates: list[tuple[str, ValueSource]] = [("PatientID", ds)]
         candidates += [
             (f"OtherPatientIDsSequence[{index}]", item)
             for index, item in enumerate(items(ds, "OtherPatientIDsSequence", notes))
@@ -177,7 +175,7 @@ def resolve_identity(ds: Dataset, structure: str) -> ResolvedIdentity:
     return ResolvedIdentity(identity, tuple(notes))
 
 
-def _ins_oid(item: Dataset, notes: list[str]) -> str | None:
+def _ins_oid(item: ValueSource, notes: list[str]) -> str | None:
     """The INS OID that qualifies the Patient ID of `item` (data set or Other Patient IDs item)."""
     for qualifiers in items(item, "IssuerOfPatientIDQualifiersSequence", notes):
         universal_id = text(qualifiers, "UniversalEntityID", notes)
