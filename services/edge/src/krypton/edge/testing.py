@@ -136,8 +136,11 @@ def start_box(
         hub_leaf_url: The region's leaf node listener (or a relay to it).
         region_dicomweb_url: The region's DICOMweb root.
         region_token: The box's token at the region.
-        **settings: Any other `EdgeSettings` field (lists are passed as JSON).
+        **settings: Any other `EdgeSettings` field (lists are passed as JSON). The spool is
+            1 GiB unless given: the box's stream reserves its limit in JetStream, and the
+            production default (20 GiB) fails on a machine with less free disk than that.
     """
+    settings.setdefault("spool_limit_bytes", 1024**3)
     state_dir.mkdir(parents=True, exist_ok=True)
     dimse_port, http_port = free_port(), free_port()
     env = {
