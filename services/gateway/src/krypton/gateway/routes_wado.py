@@ -70,6 +70,7 @@ from krypton.gateway.wado_metadata import (
     single_metadata,
     stream_metadata,
 )
+from krypton.gateway.wado_render import render_here, renders_here
 from krypton.gateway.wado_services import (
     WadoError,
     locate,
@@ -670,8 +671,8 @@ async def _rendered(
     headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
     if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
         return Response(status_code=304, headers=headers)
-    body, media_type = await _render_cached(ctx, one)
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, [instance])
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, [instance])
+    body, media_type = await _alongside(audited, _render_cached(ctx, one, instance))
     return Response(body, media_type=media_type, headers=headers)
 
 
@@ -685,10 +686,12 @@ def _is_default_thumbnail(request: RenderRequest) -> bool:
     )
 
 
-async def _render_cached(ctx: GatewayContext, request: RenderRequest) -> tuple[bytes, str]:
-    """A rendered image: from this process's cache, the precomputed thumbnail, or render.
+async def _render_cached(
+    ctx: GatewayContext, request: RenderRequest, instance: LocatedInstance
+) -> tuple[bytes, str]:
+    """A rendered image: from this process's cache, the precomputed thumbnail, or rendered.
 
-    The cache key is the whole render request, content hash included: an image is reused only
+    Rendered here when `wado_render.renders_here`, else by the render service. The cache key is the whole render request, content hash included: an image is reused only
     for the same content and the same parameters.
     """
     cached = ctx.rendered.get(request)
@@ -712,7 +715,10 @@ async def _render_cached(ctx: GatewayContext, request: RenderRequest) -> tuple[b
         except ObjectNotFound:
             result = None  # not precomputed (yet): the render service makes it
     if result is None:
-        result = await render(ctx, request)
+        if renders_here(ctx.store, instance):
+            result = await render_here(ctx.store, instance, request)
+        else:
+            result = await render(ctx, request)
     ctx.rendered.put(request, *result)
     return result
 
@@ -726,11 +732,14 @@ async def _rendered_many(
     instances: Sequence[LocatedInstance],
 ) -> Response:
     """A study or series rendered: each instance's first frame, a few rendered ahead."""
-    first = await _render_cached(ctx, requests[0])  # a failure here is still a clean status
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, instances)
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, instances)
+    # A failure of the first is still a clean status.
+    first = await _alongside(audited, _render_cached(ctx, requests[0], instances[0]))
 
     async def produce(position: int) -> tuple[bytes, str]:
-        return first if position == 0 else await _render_cached(ctx, requests[position])
+        if position == 0:
+            return first
+        return await _render_cached(ctx, requests[position], instances[position])
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         tasks: dict[int, asyncio.Task[tuple[bytes, str]]] = {}

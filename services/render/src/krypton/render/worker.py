@@ -49,9 +49,8 @@ from krypton.core.logging import get_logger
 from krypton.dicom.codecs import DECODABLE, NATIVE
 from krypton.dicom.header import read_header
 from krypton.dicom.metadata import build_metadata, metadata_key
-from krypton.dicom.pixels import DecodeError, decode_frame, transcode
-from krypton.render.encode import encode_image
-from krypton.render.imaging import fit_viewport, to_display
+from krypton.dicom.pixels import DecodeError, transcode
+from krypton.dicom.rendering import render_frame
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
 from krypton.storage.keys import derived_key
@@ -231,7 +230,7 @@ class Worker:
         except ObjectNotFound:
             return RenderResult(404, reason="instance not found")
         try:
-            body = await self._compute(background, _render, source, request)
+            body = await self._compute(background, render_frame, source, request)
         except DecodeError as exc:
             return RenderResult(422, reason=str(exc))
         self.cache.put(request, body)
@@ -421,9 +420,3 @@ def _transcode(source: bytes | Path, wanted: str) -> tuple[bytes, int | None]:
     """The instance in `wanted`, and the offset of its Pixel Data tag (one thread hop)."""
     data = transcode(source, wanted)
     return data, read_header(data).pixel_data_offset
-
-
-def _render(source: bytes | Path, request: RenderRequest) -> bytes:
-    arr, ds = decode_frame(source, request.frame - 1)
-    image = fit_viewport(to_display(arr, ds, request.window), request.viewport)
-    return encode_image(image, request.media_type, request.quality)
