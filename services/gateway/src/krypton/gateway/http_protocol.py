@@ -70,7 +70,7 @@ class _HeadWithBody:
         self._loop = loop
         self._held: bytes | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write `data`: after a held head in one system call, or held if it is a head."""
         if self._held is not None:
             held, self._held = self._held, None
@@ -78,7 +78,11 @@ class _HeadWithBody:
                 self._transport.writelines((held, data))
             else:
                 self._transport.write(held)
-        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100"):
+        elif (
+            isinstance(data, bytes)  # uvicorn writes a head as bytes; a body may be a view
+            and data.startswith(b"HTTP/1.1 ")
+            and not data.startswith(b"HTTP/1.1 100")
+        ):
             self._held = data
             self._loop.call_soon(self.flush)
         else:

@@ -74,6 +74,7 @@ from krypton.gateway.wado_metadata import (
 from krypton.gateway.wado_render import render_here, renders_here
 from krypton.gateway.wado_services import (
     WadoError,
+    forget_transcoded,
     locate,
     render,
     transcode,
@@ -118,9 +119,9 @@ _READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _MAX_FRAMES_PER_REQUEST: Final = 4096
 _IMMUTABLE: Final = "private, max-age=86400"
 _T = TypeVar("_T")
-# What a part is made of: (an object key or the bytes themselves, its transfer syntax).
-_Part = tuple[str | bytes, str]
-_Produce = Callable[[LocatedInstance], Coroutine[Any, Any, _Part]]
+# Where an instance's part comes from: (its object key, or the bytes just transcoded; its
+# transfer syntax; its size).
+_Source = Callable[[LocatedInstance], Coroutine[Any, Any, tuple[str | bytes, str, int]]]
 
 
 def _check_uids(*uids: str | None) -> None:
@@ -256,16 +257,9 @@ def _multipart_type(part_type: str, boundary: str) -> str:
 
 
 def _multipart(
-    part_type: str,
-    parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]],
-    sizes: Sequence[tuple[str, int]] | None = None,
+    part_type: str, parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]]
 ) -> StreamingResponse:
-    """A streamed ``multipart/related`` of `parts` (content type, chunks).
-
-    With `sizes` (each part's content type and length, known in advance) the answer has a
-    Content-Length and goes out unchunked: the server then writes each chunk as it is,
-    where chunked transfer coding would copy every chunk to frame it.
-    """
+    """A streamed ``multipart/related`` of `parts` (content type, chunks)."""
     boundary = uuid.uuid4().hex
 
     async def body() -> AsyncIterator[bytes]:
@@ -273,27 +267,13 @@ def _multipart(
         # the data); a part's closing CRLF rides with the next part's header.
         before = b""
         async for content_type, chunks in parts:
-            yield before + f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            yield before + _part_head(boundary, content_type)
             async for chunk in chunks:
                 yield chunk
             before = b"\r\n"
         yield before + f"--{boundary}--\r\n".encode()
 
-    media = f'multipart/related; type="{part_type}"; boundary={boundary}'
-    headers = None
-    if sizes is not None:
-        framing = sum(
-            len(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n") + size + 2
-            for content_type, size in sizes
-        )
-        headers = {"Content-Length": str(framing + len(f"--{boundary}--\r\n"))}
-    return StreamingResponse(body(), media_type=media, headers=headers)
-
-
-async def _stream_object(ctx: GatewayContext, key: str) -> AsyncIterator[bytes]:
-    async with aclosing(ctx.store.stream(key)) as chunks:
-        async for chunk in chunks:
-            yield chunk
+    return StreamingResponse(body(), media_type=_multipart_type(part_type, boundary))
 
 
 async def _retrieve(
@@ -314,83 +294,118 @@ async def _retrieve(
     wanted = _wanted_syntax(ranges, instances)
     audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, instances)
 
-    async def produce(instance: LocatedInstance) -> _Part:
+    async def source(instance: LocatedInstance) -> tuple[str | bytes, str, int]:
+        """(object key or bytes just transcoded, transfer syntax, size) of the instance's part."""
         if wanted is None or wanted == instance.transfer_syntax_uid:
-            if instance.size <= _READ_AHEAD_BYTES:
-                # Read now (one store call), a few instances ahead of the one being sent.
-                try:
-                    whole = await wado_read.read(ctx.store, instance.object_key)
-                except ObjectNotFound:
-                    raise WadoError(404, "instance not found") from None
-                return whole, instance.transfer_syntax_uid
-            return instance.object_key, instance.transfer_syntax_uid
+            return instance.object_key, instance.transfer_syntax_uid, instance.size
         derived, data = await transcode_inline(ctx, instance, wanted)
         if data is not None:  # just made: served as it is while the service stores it
-            return data, wanted
+            return data, wanted, len(data)
         assert derived.object_key is not None
-        return derived.object_key, wanted
+        return derived.object_key, wanted, derived.size
 
-    one = instances[0]
-    if (
-        len(instances) == 1
-        and one.size <= _READ_AHEAD_BYTES
-        and wanted in (None, one.transfer_syntax_uid)
-    ):
-        # One stored instance: read straight into the answer, sent in one piece.
+    if len(instances) == 1:
         boundary = uuid.uuid4().hex
-        head = _part_head(boundary, f"{_DICOM}; transfer-syntax={one.transfer_syntax_uid}")
-        try:
-            body = await _alongside(
-                audited,
-                wado_read.read_framed(
-                    ctx.store, one.object_key, 0, one.size, head, _closing(boundary)
-                ),
-            )
-        except ObjectNotFound:
-            raise WadoError(404, "instance not found") from None
-        return Response(body, media_type=_multipart_type(_DICOM, boundary))
-    if len(instances) == 1:  # a failure can still be a clean status
-        first = await _alongside(audited, produce(instances[0]))
-        source, syntax = first
-        sizes = None
-        if isinstance(source, bytes):
-            sizes = [(f"{_DICOM}; transfer-syntax={syntax}", len(source))]
-        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}), sizes)
+
+        async def whole() -> bytes | memoryview | None:
+            """The answer in one piece (read straight into it), or None when too big."""
+            for attempt in (1, 2):
+                found, syntax, size = await source(instances[0])
+                head = _part_head(boundary, f"{_DICOM}; transfer-syntax={syntax}")
+                if isinstance(found, bytes):
+                    return b"".join((head, found, _closing(boundary)))
+                if size > _READ_AHEAD_BYTES:
+                    return None
+                try:
+                    return await wado_read.read_framed(
+                        ctx.store, found, 0, size, head, _closing(boundary)
+                    )
+                except ObjectNotFound:
+                    if found == instances[0].object_key or attempt == 2:
+                        raise WadoError(404, "instance not found") from None
+                    forget_transcoded(instances[0], syntax)  # gone: the service makes it again
+            return None  # not reached
+
+        # A failure here is still a clean status.
+        body = await _alongside(audited, whole())
+        if body is not None:
+            return Response(body, media_type=_multipart_type(_DICOM, boundary))
+        # Too big to hold: streamed from the store.
+        return StreamingResponse(
+            _instances_body(ctx, instances, source, boundary),
+            media_type=_multipart_type(_DICOM, boundary),
+        )
+    boundary = uuid.uuid4().hex
     await _alongside(audited, asyncio.sleep(0))
+    headers = None
     if wanted is None or all(i.transfer_syntax_uid == wanted for i in instances):
         # Every part is a stored original of known size (one lost from the store ends the
         # answer short, which the client sees as a broken transfer).
-        sizes = [(f"{_DICOM}; transfer-syntax={i.transfer_syntax_uid}", i.size) for i in instances]
-        return _multipart(_DICOM, _parts(ctx, instances, produce, {}), sizes)
-    return _multipart(_DICOM, _parts(ctx, instances, produce, {}))
+        length = (
+            len(_closing(boundary))
+            - 2
+            + sum(
+                len(_part_head(boundary, f"{_DICOM}; transfer-syntax={i.transfer_syntax_uid}"))
+                + i.size
+                + 2
+                for i in instances
+            )
+        )
+        headers = {"Content-Length": str(length)}
+    return StreamingResponse(
+        _instances_body(ctx, instances, source, boundary),
+        media_type=_multipart_type(_DICOM, boundary),
+        headers=headers,
+    )
 
 
-async def _parts(
+async def _instances_body(
     ctx: GatewayContext,
     instances: Sequence[LocatedInstance],
-    produce: _Produce,
-    ready: dict[int, _Part],
-) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-    """Each instance's part, transcoding a few instances ahead of the one being sent."""
-    tasks: dict[int, asyncio.Task[_Part]] = {}
+    source: _Source,
+    boundary: str,
+) -> AsyncIterator[bytes | memoryview]:
+    """The multipart body of `instances`, read (or transcoded) a few instances ahead.
+
+    Each part up to `_READ_AHEAD_BYTES` is read straight into one buffer with its header (and
+    the previous part's closing CRLF): one write per instance, no copy. Bigger ones are
+    streamed from the store after their header.
+    """
+
+    async def framed(position: int) -> tuple[bytes | memoryview, str | None]:
+        found, syntax, size = await source(instances[position])
+        head = (b"\r\n" if position else b"") + _part_head(
+            boundary, f"{_DICOM}; transfer-syntax={syntax}"
+        )
+        if isinstance(found, bytes):
+            return head + found, None
+        if size > _READ_AHEAD_BYTES:
+            return head, found
+        try:
+            return await wado_read.read_framed(ctx.store, found, 0, size, head, b""), None
+        except ObjectNotFound:
+            if found != instances[position].object_key:
+                forget_transcoded(instances[position], syntax)
+            raise WadoError(404, "instance not found") from None
+
+    tasks: dict[int, asyncio.Task[tuple[bytes | memoryview, str | None]]] = {}
     try:
         for position, instance in enumerate(instances):
             for ahead in range(position, min(position + _PREFETCH, len(instances))):
-                if ahead not in ready and ahead not in tasks:
-                    tasks[ahead] = asyncio.create_task(produce(instances[ahead]))
-            if position in ready:
-                source, syntax = ready.pop(position)
-            else:
-                try:
-                    source, syntax = await tasks.pop(position)
-                except WadoError as exc:
-                    # The response has started: leave the instance out rather than cut the body.
-                    _log.warning(
-                        "instance left out", sop=instance.sop_instance_uid, reason=exc.reason
-                    )
-                    continue
-            body = _one(source) if isinstance(source, bytes) else _stream_object(ctx, source)
-            yield f"{_DICOM}; transfer-syntax={syntax}", body
+                if ahead not in tasks:
+                    tasks[ahead] = asyncio.create_task(framed(ahead))
+            try:
+                data, rest = await tasks.pop(position)
+            except WadoError as exc:
+                # The response has started: leave the instance out rather than cut the body.
+                _log.warning("instance left out", sop=instance.sop_instance_uid, reason=exc.reason)
+                continue
+            yield data
+            if rest is not None:
+                async with aclosing(ctx.store.stream(rest)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+        yield _closing(boundary)
     finally:
         for task in tasks.values():
             task.cancel()
@@ -754,8 +769,9 @@ async def _render_cached(
 ) -> tuple[bytes, str]:
     """A rendered image: from this process's cache, the precomputed thumbnail, or rendered.
 
-    Rendered here when `wado_render.renders_here`, else by the render service. The cache key is the whole render request, content hash included: an image is reused only
-    for the same content and the same parameters.
+    Rendered here when `wado_render.renders_here`, else by the render service. The cache
+    key is the whole render request, content hash included: an image is reused only for the
+    same content and the same parameters.
     """
     cached = ctx.rendered.get(request)
     if cached is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
@@ -23,6 +24,7 @@ from krypton.gateway.wado_cache import ScopeKey
 __all__ = [
     "ServiceUnavailableError",
     "WadoError",
+    "forget_transcoded",
     "locate",
     "render",
     "transcode",
@@ -203,15 +205,32 @@ async def transcode_inline(
     return await _transcode(ctx, instance, syntax, inline=True)
 
 
+# Derived objects already made, by (content hash, original key, syntax): they never change, so
+# a read of an instance already transcoded needs no request to the service.
+_transcoded: OrderedDict[tuple[str, str, str], TranscodeResponse] = OrderedDict()
+_TRANSCODED_MAX = 50_000
+
+
+def forget_transcoded(instance: LocatedInstance, syntax: str) -> None:
+    """Forget the derived object of `instance` in `syntax` (it was not found in the store)."""
+    _transcoded.pop((instance.sha256, instance.object_key, syntax), None)
+
+
 async def _transcode(
     ctx: GatewayContext, instance: LocatedInstance, syntax: str, *, inline: bool
 ) -> tuple[TranscodeResponse, bytes | None]:
-    """Ask the transcode service; see `transcode`.
+    """Ask the transcode service (unless the derived object is known); see `transcode`.
 
     Raises:
         WadoError: the syntax cannot be produced for this instance (406) or it is gone (404).
         ServiceUnavailableError: the transcode service did not answer.
     """
+    memo = (instance.sha256, instance.object_key, str(syntax))
+    known = _transcoded.get(memo)
+    if known is not None:
+        _transcoded.move_to_end(memo)
+        timing.add("transcode_known", 0.0)
+        return known, None
     request = TranscodeRequest(
         object_key=instance.object_key,
         study_uid=instance.study_uid,
@@ -237,6 +256,10 @@ async def _transcode(
         response = decode(reply.data, TranscodeResponse)
     if response.status != 200 or response.object_key is None:
         raise WadoError(response.status, response.reason or "cannot transcode")
+    if data is None:  # stored (bytes just made are still being written: not known yet)
+        _transcoded[memo] = response
+        while len(_transcoded) > _TRANSCODED_MAX:
+            _transcoded.popitem(last=False)
     return response, data
 
 

@@ -188,13 +188,30 @@ class Worker:
             return path
         return await self.store.read(key)
 
+    async def _small(self, key: str) -> bytes | None:
+        """A small object (a sidecar), or None when there is none.
+
+        A local file is read in the event loop: a few hundred bytes from the page cache cost
+        less than the hop to a worker thread and back, which the request would wait for.
+        """
+        path = self.store.local_path(key)
+        if path is not None:
+            try:
+                return path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        try:
+            return await self.store.read(key)
+        except ObjectNotFound:
+            return None
+
     async def _best_source(
         self, object_key: str, syntax: str | None, uids: tuple[str, str, str] | None
     ) -> bytes | Path:
         """The precomputed HTJ2K copy when there is one and the original is compressed."""
         if uids is not None and syntax is not None and UID(syntax) not in NATIVE | {HTJ2KLossless}:
             copy = _htj2k_key(*uids)
-            if await self.store.exists(_sidecar(copy)):
+            if await self._small(_sidecar(copy)) is not None:
                 try:
                     return await self._source(copy)
                 except ObjectNotFound:
@@ -264,12 +281,9 @@ class Worker:
         if keeping is not None:  # made a moment ago, still being written
             return await asyncio.shield(keeping), None
         sidecar = _sidecar(target)
-        try:
-            # Written after the object: its presence means the object is complete.
-            known = await self.store.read(sidecar)
-        except ObjectNotFound:
-            pass
-        else:
+        # Written after the object: its presence means the object is complete.
+        known = await self._small(sidecar)
+        if known is not None:
             return msgspec.json.decode(known, type=TranscodeResponse), None
         try:
             source = await self._best_source(
