@@ -89,10 +89,11 @@ class _HeadWithBody:
             self._transport.write(data)
 
     def flush(self) -> None:
-        """Write a held head now."""
+        """Write a held head now (dropped when the connection is already closing)."""
         if self._held is not None:
             held, self._held = self._held, None
-            self._transport.write(held)
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def close(self) -> None:
         """Write what is held, then close."""

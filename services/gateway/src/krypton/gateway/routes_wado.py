@@ -1,8 +1,11 @@
 """WADO-RS retrieval routes: study, series, instance, metadata, frames, rendered, thumbnail.
 
 Every route authenticates, then asks the index where the instances are (`svc.index.locate`,
-which applies the caller's access rule: hidden and missing look the same, 404). Bytes stream
-from the object store; transcoding and rendering are asked of the render service over NATS.
+which applies the caller's access rule: hidden and missing look the same, 404; answers are kept
+a short while per caller, `wado_cache.LocateCache`). Bytes come from the object store (a
+single instance or frame read straight into the answer, `wado_read`); transcoding is asked of
+the render service over NATS, and so is rendering, except for the frames of uncompressed and
+HTJ2K instances, which the gateway renders itself (`wado_render`).
 
 Conformance choices:
 - Instances are served in their original transfer syntax when the request names none (and for
