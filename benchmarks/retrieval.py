@@ -169,8 +169,7 @@ def _durable_write_ms(data: bytes, directory: Path) -> float:
 def direct_render_times(ct: Study, repeat: int) -> dict[str, float]:
     """The render service's own work for one CT frame, in this process on one thread."""
     from krypton.contracts.render.v1 import RenderedMediaValues, VoiFunctionValues, Window
-    from krypton.render.encode import encode_image
-    from krypton.render.imaging import fit_viewport, to_display
+    from krypton.dicom.rendering import encode_image, fit_viewport, to_display
 
     decode_s, display_s, encode_s = [], [], []
     for i, data in enumerate(ct.files[:repeat]):
@@ -310,6 +309,8 @@ class Outcome:
             out["server_timing_mean_ms"] = {
                 name: round(statistics.fmean(values), 3) for name, values in self.stages.items()
             }
+            # How many answers went through each stage (e.g. locate against locate_cached).
+            out["server_timing_count"] = {name: len(v) for name, v in self.stages.items()}
         return out
 
 

@@ -125,3 +125,70 @@ def test_body_cache_is_bounded_by_bytes_least_recently_used_first() -> None:
     assert cache.get(1) is None
     cache.put("big", bytes(200), "image/png")  # more than 1/16 of the bound: never kept
     assert cache.get("big") is None
+
+
+def _instance(sop: str, series: str = "1.2.3") -> LocatedInstance:
+    return LocatedInstance(**{**{f: getattr(FOUND[0], f) for f in FOUND[0].__struct_fields__},
+                              "series_uid": series, "sop_instance_uid": sop})  # fmt: skip
+
+
+def test_a_read_answer_has_its_series_asked_again_once_when_due() -> None:
+    clock = Clock()
+    cache = _listening(LocateCache(ttl=2.0, refresh_after=1.0, clock=clock))
+    key = LocateCache.key(DOCTOR, "1.2", "1.2.3", "1.2.3.4")
+    assert key is not None
+    scope = LocateCache.scope_of(key)
+    cache.put(key, FOUND, cache.generation)
+    assert cache.lookup(key) == (FOUND, None)  # fresh: nothing to ask
+    clock.now += 1.5
+    assert cache.lookup(key) == (FOUND, scope)  # due: handed out once...
+    assert cache.lookup(key) == (FOUND, None)  # ...until the request ends
+    cache.fill(scope, FOUND, cache.generation)
+    cache.asked(scope)
+    clock.now += 1.5  # 3 s after the first answer, 1.5 s after the refresh: still served
+    assert cache.lookup(key) == (FOUND, scope)
+    clock.now += 0.5
+    assert cache.lookup(key) is None  # never older than the TTL without a refresh
+
+
+def test_a_series_answer_fills_each_instance_and_forgets_the_ones_gone() -> None:
+    cache = _listening(LocateCache())
+    one, two = _instance("1.2.3.4"), _instance("1.2.3.5")
+    key_one = LocateCache.key(DOCTOR, "1.2", "1.2.3", "1.2.3.4")
+    key_two = LocateCache.key(DOCTOR, "1.2", "1.2.3", "1.2.3.5")
+    assert key_one is not None
+    assert key_two is not None
+    scope = LocateCache.scope_of(key_one)
+    cache.put(key_one, [one], cache.generation)
+    assert cache.should_fill(scope)
+    assert not cache.should_fill(scope)  # already being asked
+    cache.fill(scope, [one, two], cache.generation)
+    cache.asked(scope)
+    assert cache.get(key_two) == [two]
+    assert not cache.should_fill(scope)  # answered a moment ago
+    # The series answered again without `one` (hidden now): it is forgotten at once.
+    cache.fill(scope, [two], cache.generation)
+    assert cache.get(key_one) is None
+    assert cache.get(key_two) == [two]
+    # Not found at all (the study hidden): everything of the series goes.
+    cache.fill(scope, None, cache.generation)
+    assert cache.get(key_two) is None
+    # Another caller's series is another scope.
+    other = LocateCache.key(OTHER, "1.2", "1.2.3", "1.2.3.4")
+    assert other is not None
+    assert LocateCache.scope_of(other) != scope
+
+
+def test_a_series_answer_asked_before_a_policy_change_is_not_kept() -> None:
+    clock = Clock()
+    cache = _listening(LocateCache(grace=5.0, clock=clock))
+    key = LocateCache.key(DOCTOR, "1.2", "1.2.3", "1.2.3.4")
+    assert key is not None
+    scope = LocateCache.scope_of(key)
+    asked_at = cache.generation
+    cache.invalidate()
+    clock.now += 6.0
+    cache.fill(scope, FOUND, asked_at)
+    assert cache.get(key) is None
+    cache.fill(scope, FOUND, cache.generation)
+    assert cache.get(key) == FOUND

@@ -14,8 +14,7 @@ from krypton.contracts.render.v1 import (
     VoiFunctionValues,
     Window,
 )
-from krypton.render.encode import encode_image
-from krypton.render.imaging import fit_viewport, to_display
+from krypton.dicom.rendering import encode_image, fit_viewport, to_display
 from krypton.render.worker import RenderCache
 
 

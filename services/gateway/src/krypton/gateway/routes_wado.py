@@ -1,8 +1,11 @@
 """WADO-RS retrieval routes: study, series, instance, metadata, frames, rendered, thumbnail.
 
 Every route authenticates, then asks the index where the instances are (`svc.index.locate`,
-which applies the caller's access rule: hidden and missing look the same, 404). Bytes stream
-from the object store; transcoding and rendering are asked of the render service over NATS.
+which applies the caller's access rule: hidden and missing look the same, 404; answers are kept
+a short while per caller, `wado_cache.LocateCache`). Bytes come from the object store (a
+single instance or frame read straight into the answer, `wado_read`); transcoding is asked of
+the render service over NATS, and so is rendering, except for the frames of uncompressed and
+HTJ2K instances, which the gateway renders itself (`wado_render`).
 
 Conformance choices:
 - Instances are served in their original transfer syntax when the request names none (and for
@@ -34,6 +37,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -57,21 +61,23 @@ from krypton.dicom.codecs import (
     frame_media_type,
     is_native,
 )
-from krypton.gateway import audit_emit as audit, timing
+from krypton.gateway import audit_emit as audit, timing, wado_read
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.problems import problem
 from krypton.gateway.security import audit_refused, guarded
 from krypton.gateway.wado_accept import MediaRange, parse_accept, ranges_for_parts
 from krypton.gateway.wado_bulkdata import locate_value, parse_range
-from krypton.gateway.wado_frames import ImageShape, frame_layout, read_frame
+from krypton.gateway.wado_frames import ImageShape, frame_layout, frame_range, read_frame
 from krypton.gateway.wado_metadata import (
     instance_metadata,
     metadata_etag,
     single_metadata,
     stream_metadata,
 )
+from krypton.gateway.wado_render import render_here, renders_here
 from krypton.gateway.wado_services import (
     WadoError,
+    forget_transcoded,
     locate,
     render,
     transcode,
@@ -82,7 +88,29 @@ from krypton.storage.keys import derived_key
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["DICOMweb"])
+
+class _WadoRoute(APIRoute):
+    """An `APIRoute` whose handler calls the endpoint with the path parameters as they are.
+
+    FastAPI's own handler solves the endpoint's dependencies and validates every parameter
+    on each request (~0.1-0.2 ms here, a tenth of a cached read's CPU). The WADO-RS
+    endpoints take the request and `str` path parameters only, which need no validation
+    (`_check_uids` checks the UIDs): their signatures still describe them in the OpenAPI
+    document.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The lean handler: `endpoint(request, **path parameters)`."""
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            response: Response = await endpoint(request, **request.path_params)
+            return response
+
+        return handler
+
+
+router = APIRouter(tags=["DICOMweb"], route_class=_WadoRoute)
 _log = get_logger("krypton.gateway.wado")
 _UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DICOM: Final = "application/dicom"
@@ -94,9 +122,9 @@ _READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _MAX_FRAMES_PER_REQUEST: Final = 4096
 _IMMUTABLE: Final = "private, max-age=86400"
 _T = TypeVar("_T")
-# What a part is made of: (an object key or the bytes themselves, its transfer syntax).
-_Part = tuple[str | bytes, str]
-_Produce = Callable[[LocatedInstance], Coroutine[Any, Any, _Part]]
+# Where an instance's part comes from: (its object key, or the bytes just transcoded; its
+# transfer syntax; its size).
+_Source = Callable[[LocatedInstance], Coroutine[Any, Any, tuple[str | bytes, str, int]]]
 
 
 def _check_uids(*uids: str | None) -> None:
@@ -181,6 +209,12 @@ async def _alongside(audited: asyncio.Task[None], work: Awaitable[_T]) -> _T:
     the answer is an error that discloses nothing, and the event (maybe already recorded) is
     left to finish on its own.
     """
+    # Two turns of the event loop: the audit task publishes its event, then the NATS client's
+    # flusher writes it. The event is then on its way before the work starts, so its round
+    # trip to JetStream overlaps the work even when the work never yields (a read from the
+    # page cache, a cached body).
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
     try:
         result = await work
     except BaseException:
@@ -218,17 +252,23 @@ def _wanted_syntax(ranges: list[MediaRange], instances: Sequence[LocatedInstance
     raise WadoError(406, "no acceptable media type or transfer syntax can be produced")
 
 
-def _multipart(
-    part_type: str,
-    parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]],
-    sizes: Sequence[tuple[str, int]] | None = None,
-) -> StreamingResponse:
-    """A streamed ``multipart/related`` of `parts` (content type, chunks).
+def _part_head(boundary: str, content_type: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
 
-    With `sizes` (each part's content type and length, known in advance) the answer has a
-    Content-Length and goes out unchunked: the server then writes each chunk as it is,
-    where chunked transfer coding would copy every chunk to frame it.
-    """
+
+def _closing(boundary: str) -> bytes:
+    """A part's closing CRLF and the closing boundary of the whole."""
+    return f"\r\n--{boundary}--\r\n".encode()
+
+
+def _multipart_type(part_type: str, boundary: str) -> str:
+    return f'multipart/related; type="{part_type}"; boundary={boundary}'
+
+
+def _multipart(
+    part_type: str, parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]]
+) -> StreamingResponse:
+    """A streamed ``multipart/related`` of `parts` (content type, chunks)."""
     boundary = uuid.uuid4().hex
 
     async def body() -> AsyncIterator[bytes]:
@@ -236,27 +276,13 @@ def _multipart(
         # the data); a part's closing CRLF rides with the next part's header.
         before = b""
         async for content_type, chunks in parts:
-            yield before + f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            yield before + _part_head(boundary, content_type)
             async for chunk in chunks:
                 yield chunk
             before = b"\r\n"
         yield before + f"--{boundary}--\r\n".encode()
 
-    media = f'multipart/related; type="{part_type}"; boundary={boundary}'
-    headers = None
-    if sizes is not None:
-        framing = sum(
-            len(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n") + size + 2
-            for content_type, size in sizes
-        )
-        headers = {"Content-Length": str(framing + len(f"--{boundary}--\r\n"))}
-    return StreamingResponse(body(), media_type=media, headers=headers)
-
-
-async def _stream_object(ctx: GatewayContext, key: str) -> AsyncIterator[bytes]:
-    async with aclosing(ctx.store.stream(key)) as chunks:
-        async for chunk in chunks:
-            yield chunk
+    return StreamingResponse(body(), media_type=_multipart_type(part_type, boundary))
 
 
 async def _retrieve(
@@ -277,64 +303,118 @@ async def _retrieve(
     wanted = _wanted_syntax(ranges, instances)
     audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, instances)
 
-    async def produce(instance: LocatedInstance) -> _Part:
+    async def source(instance: LocatedInstance) -> tuple[str | bytes, str, int]:
+        """(object key or bytes just transcoded, transfer syntax, size) of the instance's part."""
         if wanted is None or wanted == instance.transfer_syntax_uid:
-            if instance.size <= _READ_AHEAD_BYTES:
-                # Read now (one store call), a few instances ahead of the one being sent.
-                try:
-                    whole = await ctx.store.read(instance.object_key)
-                except ObjectNotFound:
-                    raise WadoError(404, "instance not found") from None
-                return whole, instance.transfer_syntax_uid
-            return instance.object_key, instance.transfer_syntax_uid
+            return instance.object_key, instance.transfer_syntax_uid, instance.size
         derived, data = await transcode_inline(ctx, instance, wanted)
         if data is not None:  # just made: served as it is while the service stores it
-            return data, wanted
+            return data, wanted, len(data)
         assert derived.object_key is not None
-        return derived.object_key, wanted
+        return derived.object_key, wanted, derived.size
 
-    if len(instances) == 1:  # a failure can still be a clean status
-        first = await _alongside(audited, produce(instances[0]))
-        source, syntax = first
-        sizes = None
-        if isinstance(source, bytes):
-            sizes = [(f"{_DICOM}; transfer-syntax={syntax}", len(source))]
-        return _multipart(_DICOM, _parts(ctx, instances, produce, {0: first}), sizes)
+    if len(instances) == 1:
+        boundary = uuid.uuid4().hex
+
+        async def whole() -> bytes | memoryview | None:
+            """The answer in one piece (read straight into it), or None when too big."""
+            for attempt in (1, 2):
+                found, syntax, size = await source(instances[0])
+                head = _part_head(boundary, f"{_DICOM}; transfer-syntax={syntax}")
+                if isinstance(found, bytes):
+                    return b"".join((head, found, _closing(boundary)))
+                if size > _READ_AHEAD_BYTES:
+                    return None
+                try:
+                    return await wado_read.read_framed(
+                        ctx.store, found, 0, size, head, _closing(boundary)
+                    )
+                except ObjectNotFound:
+                    if found == instances[0].object_key or attempt == 2:
+                        raise WadoError(404, "instance not found") from None
+                    forget_transcoded(instances[0], syntax)  # gone: the service makes it again
+            return None  # not reached
+
+        # A failure here is still a clean status.
+        body = await _alongside(audited, whole())
+        if body is not None:
+            return Response(body, media_type=_multipart_type(_DICOM, boundary))
+        # Too big to hold: streamed from the store.
+        return StreamingResponse(
+            _instances_body(ctx, instances, source, boundary),
+            media_type=_multipart_type(_DICOM, boundary),
+        )
+    boundary = uuid.uuid4().hex
     await _alongside(audited, asyncio.sleep(0))
+    headers = None
     if wanted is None or all(i.transfer_syntax_uid == wanted for i in instances):
         # Every part is a stored original of known size (one lost from the store ends the
         # answer short, which the client sees as a broken transfer).
-        sizes = [(f"{_DICOM}; transfer-syntax={i.transfer_syntax_uid}", i.size) for i in instances]
-        return _multipart(_DICOM, _parts(ctx, instances, produce, {}), sizes)
-    return _multipart(_DICOM, _parts(ctx, instances, produce, {}))
+        length = (
+            len(_closing(boundary))
+            - 2
+            + sum(
+                len(_part_head(boundary, f"{_DICOM}; transfer-syntax={i.transfer_syntax_uid}"))
+                + i.size
+                + 2
+                for i in instances
+            )
+        )
+        headers = {"Content-Length": str(length)}
+    return StreamingResponse(
+        _instances_body(ctx, instances, source, boundary),
+        media_type=_multipart_type(_DICOM, boundary),
+        headers=headers,
+    )
 
 
-async def _parts(
+async def _instances_body(
     ctx: GatewayContext,
     instances: Sequence[LocatedInstance],
-    produce: _Produce,
-    ready: dict[int, _Part],
-) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-    """Each instance's part, transcoding a few instances ahead of the one being sent."""
-    tasks: dict[int, asyncio.Task[_Part]] = {}
+    source: _Source,
+    boundary: str,
+) -> AsyncIterator[bytes | memoryview]:
+    """The multipart body of `instances`, read (or transcoded) a few instances ahead.
+
+    Each part up to `_READ_AHEAD_BYTES` is read straight into one buffer with its header (and
+    the previous part's closing CRLF): one write per instance, no copy. Bigger ones are
+    streamed from the store after their header.
+    """
+
+    async def framed(position: int) -> tuple[bytes | memoryview, str | None]:
+        found, syntax, size = await source(instances[position])
+        head = (b"\r\n" if position else b"") + _part_head(
+            boundary, f"{_DICOM}; transfer-syntax={syntax}"
+        )
+        if isinstance(found, bytes):
+            return head + found, None
+        if size > _READ_AHEAD_BYTES:
+            return head, found
+        try:
+            return await wado_read.read_framed(ctx.store, found, 0, size, head, b""), None
+        except ObjectNotFound:
+            if found != instances[position].object_key:
+                forget_transcoded(instances[position], syntax)
+            raise WadoError(404, "instance not found") from None
+
+    tasks: dict[int, asyncio.Task[tuple[bytes | memoryview, str | None]]] = {}
     try:
         for position, instance in enumerate(instances):
             for ahead in range(position, min(position + _PREFETCH, len(instances))):
-                if ahead not in ready and ahead not in tasks:
-                    tasks[ahead] = asyncio.create_task(produce(instances[ahead]))
-            if position in ready:
-                source, syntax = ready.pop(position)
-            else:
-                try:
-                    source, syntax = await tasks.pop(position)
-                except WadoError as exc:
-                    # The response has started: leave the instance out rather than cut the body.
-                    _log.warning(
-                        "instance left out", sop=instance.sop_instance_uid, reason=exc.reason
-                    )
-                    continue
-            body = _one(source) if isinstance(source, bytes) else _stream_object(ctx, source)
-            yield f"{_DICOM}; transfer-syntax={syntax}", body
+                if ahead not in tasks:
+                    tasks[ahead] = asyncio.create_task(framed(ahead))
+            try:
+                data, rest = await tasks.pop(position)
+            except WadoError as exc:
+                # The response has started: leave the instance out rather than cut the body.
+                _log.warning("instance left out", sop=instance.sop_instance_uid, reason=exc.reason)
+                continue
+            yield data
+            if rest is not None:
+                async with aclosing(ctx.store.stream(rest)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+        yield _closing(boundary)
     finally:
         for task in tasks.values():
             task.cancel()
@@ -489,22 +569,30 @@ async def _frames(
     if (missing := next((n for n in numbers if n > last), None)) is not None:
         raise WadoError(404, f"frame {missing} does not exist")
     audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_INSTANCE, [instance])
+    # The answer is small enough to be built whole (frames of one instance) and sent in one
+    # piece; one frame of one byte range is read straight into it.
+    boundary = uuid.uuid4().hex
+    head = _part_head(
+        boundary, f"{media}; transfer-syntax={syntax if passthrough else ExplicitVRLittleEndian}"
+    )
+    body: bytes | memoryview
     try:
-        bodies = await _alongside(
-            audited,
-            asyncio.gather(*(read_frame(ctx.store, key, layout, n, shape) for n in numbers)),
-        )
+        if len(numbers) == 1 and len(byte_range := frame_range(layout, numbers[0], shape)) == 1:
+            ((at, length),) = byte_range
+            body = await _alongside(
+                audited,
+                wado_read.read_framed(ctx.store, key, at, length, head, _closing(boundary)),
+            )
+        else:
+            frames_read = await _alongside(
+                audited,
+                asyncio.gather(*(read_frame(ctx.store, key, layout, n, shape) for n in numbers)),
+            )
+            body = b"\r\n".join(head + f for f in frames_read) + _closing(boundary)
     except IndexError as exc:
         raise WadoError(404, str(exc)) from None
     timing.add("frames", time.perf_counter() - started)
-    part_type = media
-    suffix = f"; transfer-syntax={syntax if passthrough else ExplicitVRLittleEndian}"
-
-    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-        for body in bodies:
-            yield part_type + suffix, _one(body)
-
-    return _multipart(part_type, parts(), [(part_type + suffix, len(b)) for b in bodies])
+    return Response(body, media_type=_multipart_type(media, boundary))
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -670,8 +758,8 @@ async def _rendered(
     headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
     if etag in (request.headers.get("if-none-match") or "").replace(" ", "").split(","):
         return Response(status_code=304, headers=headers)
-    body, media_type = await _render_cached(ctx, one)
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, [instance])
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, [instance])
+    body, media_type = await _alongside(audited, _render_cached(ctx, one, instance))
     return Response(body, media_type=media_type, headers=headers)
 
 
@@ -685,11 +773,14 @@ def _is_default_thumbnail(request: RenderRequest) -> bool:
     )
 
 
-async def _render_cached(ctx: GatewayContext, request: RenderRequest) -> tuple[bytes, str]:
-    """A rendered image: from this process's cache, the precomputed thumbnail, or render.
+async def _render_cached(
+    ctx: GatewayContext, request: RenderRequest, instance: LocatedInstance
+) -> tuple[bytes, str]:
+    """A rendered image: from this process's cache, the precomputed thumbnail, or rendered.
 
-    The cache key is the whole render request, content hash included: an image is reused only
-    for the same content and the same parameters.
+    Rendered here when `wado_render.renders_here`, else by the render service. The cache
+    key is the whole render request, content hash included: an image is reused only for the
+    same content and the same parameters.
     """
     cached = ctx.rendered.get(request)
     if cached is not None:
@@ -708,11 +799,14 @@ async def _render_cached(ctx: GatewayContext, request: RenderRequest) -> tuple[b
         )  # fmt: skip
         try:
             with timing.stage("thumbnail_read"):
-                result = (await ctx.store.read(key), RenderedMediaValues.JPEG.value)
+                result = (await wado_read.read(ctx.store, key), RenderedMediaValues.JPEG.value)
         except ObjectNotFound:
             result = None  # not precomputed (yet): the render service makes it
     if result is None:
-        result = await render(ctx, request)
+        if renders_here(ctx.store, instance):
+            result = await render_here(ctx.store, instance, request)
+        else:
+            result = await render(ctx, request)
     ctx.rendered.put(request, *result)
     return result
 
@@ -726,11 +820,14 @@ async def _rendered_many(
     instances: Sequence[LocatedInstance],
 ) -> Response:
     """A study or series rendered: each instance's first frame, a few rendered ahead."""
-    first = await _render_cached(ctx, requests[0])  # a failure here is still a clean status
-    await _audit(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, instances)
+    audited = _audit_task(request, ctx, actor, AuditEventTypeValues.RETRIEVE_RENDERED, instances)
+    # A failure of the first is still a clean status.
+    first = await _alongside(audited, _render_cached(ctx, requests[0], instances[0]))
 
     async def produce(position: int) -> tuple[bytes, str]:
-        return first if position == 0 else await _render_cached(ctx, requests[position])
+        if position == 0:
+            return first
+        return await _render_cached(ctx, requests[position], instances[position])
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         tasks: dict[int, asyncio.Task[tuple[bytes, str]]] = {}

@@ -16,9 +16,17 @@ from typing import Final
 
 import numpy as np
 
+from krypton.gateway.wado_read import read
 from krypton.storage.base import ObjectStore
 
-__all__ = ["FrameLayout", "ImageShape", "frame_layout", "pixel_value", "read_frame"]
+__all__ = [
+    "FrameLayout",
+    "ImageShape",
+    "frame_layout",
+    "frame_range",
+    "pixel_value",
+    "read_frame",
+]
 
 _ITEM: Final = 0xFFFEE000
 _DELIMITER: Final = 0xFFFEE0DD
@@ -55,7 +63,7 @@ _layouts: OrderedDict[str, FrameLayout] = OrderedDict()
 
 async def _element_header(store: ObjectStore, key: str, offset: int) -> tuple[int, int, bool]:
     """(value offset, value length, little endian) of the Pixel Data element at `offset`."""
-    head = await store.read(key, offset, 12)
+    head = await read(store, key, offset, 12)
     if len(head) < 8:
         msg = "pixel data element cut short"
         raise ValueError(msg)
@@ -85,7 +93,7 @@ async def _items(store: ObjectStore, key: str, position: int, size: int) -> list
     block_start, block = position, b""
     while position + 8 <= size:
         if not (block_start <= position and position + 8 <= block_start + len(block)):
-            block_start, block = position, await store.read(key, position, _BLOCK)
+            block_start, block = position, await read(store, key, position, _BLOCK)
         at = position - block_start
         tag_group, tag_element, length = struct.unpack("<HHL", block[at : at + 8])
         tag = tag_group << 16 | tag_element
@@ -109,7 +117,7 @@ async def _group(
         return tuple((f,) for f in fragments)
     first_item = fragments[0][0] - 8 if fragments else 0
     if bot[1] >= 4 * frames:
-        raw = await store.read(key, bot[0], bot[1])
+        raw = await read(store, key, bot[0], bot[1])
         offsets = struct.unpack(f"<{bot[1] // 4}L", raw)
         starts = [first_item + o for o in offsets[:frames]] + [1 << 62]
         return tuple(
@@ -118,7 +126,7 @@ async def _group(
         )
     grouped: list[list[tuple[int, int]]] = []
     for fragment in fragments:
-        lead = await store.read(key, fragment[0], 2)
+        lead = await read(store, key, fragment[0], 2)
         if lead in _STARTS or not grouped:
             grouped.append([fragment])
         else:
@@ -175,6 +183,23 @@ async def frame_layout(
     return layout
 
 
+def frame_range(layout: FrameLayout, number: int, shape: ImageShape) -> tuple[tuple[int, int], ...]:
+    """The `(offset, length)` byte ranges of frame `number` (1-based); empty when bit-packed.
+
+    Raises:
+        IndexError: there is no such frame.
+    """
+    if number < 1 or number > max(shape.frames, len(layout.frames)):
+        msg = f"frame {number} does not exist"
+        raise IndexError(msg)
+    if layout.bit_offsets:
+        return ()
+    if number > len(layout.frames):
+        msg = f"frame {number} does not exist"
+        raise IndexError(msg)
+    return layout.frames[number - 1]
+
+
 async def read_frame(
     store: ObjectStore, key: str, layout: FrameLayout, number: int, shape: ImageShape
 ) -> bytes:
@@ -190,11 +215,11 @@ async def read_frame(
         bits = shape.rows * shape.columns * shape.samples
         start = layout.bit_offsets[number - 1]
         first, last = start // 8, (start + bits + 7) // 8
-        raw = np.frombuffer(await store.read(key, layout.base + first, last - first), np.uint8)
+        raw = np.frombuffer(await read(store, key, layout.base + first, last - first), np.uint8)
         unpacked = np.unpackbits(raw, bitorder="little")[start % 8 : start % 8 + bits]
         return np.packbits(unpacked, bitorder="little").tobytes()
     if number > len(layout.frames):
         msg = f"frame {number} does not exist"
         raise IndexError(msg)
-    parts = [await store.read(key, offset, length) for offset, length in layout.frames[number - 1]]
+    parts = [await read(store, key, offset, length) for offset, length in layout.frames[number - 1]]
     return b"".join(parts)

@@ -18,6 +18,7 @@ from typing import Any, Final
 from krypton.contracts.index.v1 import LocatedInstance
 from krypton.dicom.metadata import METADATA_KIND, METADATA_VERSION, build_metadata, metadata_key
 from krypton.gateway.wado_cache import BodyCache
+from krypton.gateway.wado_read import read
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
 
@@ -86,12 +87,12 @@ async def instance_metadata(
         return hit[0]
     key = metadata_key(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
     try:
-        body = await store.read(key)
+        body = await read(store, key)
     except ObjectNotFound:
         end = (
             instance.pixel_data_offset if instance.pixel_data_offset is not None else instance.size
         )
-        header_bytes = await store.read(instance.object_key, 0, end)
+        header_bytes = await read(store, instance.object_key, 0, end)
         body = await asyncio.to_thread(_build, instance, header_bytes)
         _keep(store, key, body)
     if cache is not None:

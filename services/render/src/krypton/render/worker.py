@@ -49,9 +49,8 @@ from krypton.core.logging import get_logger
 from krypton.dicom.codecs import DECODABLE, NATIVE
 from krypton.dicom.header import read_header
 from krypton.dicom.metadata import build_metadata, metadata_key
-from krypton.dicom.pixels import DecodeError, decode_frame, transcode
-from krypton.render.encode import encode_image
-from krypton.render.imaging import fit_viewport, to_display
+from krypton.dicom.pixels import DecodeError, transcode
+from krypton.dicom.rendering import render_frame
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
 from krypton.storage.keys import derived_key
@@ -189,13 +188,30 @@ class Worker:
             return path
         return await self.store.read(key)
 
+    async def _small(self, key: str) -> bytes | None:
+        """A small object (a sidecar), or None when there is none.
+
+        A local file is read in the event loop: a few hundred bytes from the page cache cost
+        less than the hop to a worker thread and back, which the request would wait for.
+        """
+        path = self.store.local_path(key)
+        if path is not None:
+            try:
+                return path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        try:
+            return await self.store.read(key)
+        except ObjectNotFound:
+            return None
+
     async def _best_source(
         self, object_key: str, syntax: str | None, uids: tuple[str, str, str] | None
     ) -> bytes | Path:
         """The precomputed HTJ2K copy when there is one and the original is compressed."""
         if uids is not None and syntax is not None and UID(syntax) not in NATIVE | {HTJ2KLossless}:
             copy = _htj2k_key(*uids)
-            if await self.store.exists(_sidecar(copy)):
+            if await self._small(_sidecar(copy)) is not None:
                 try:
                     return await self._source(copy)
                 except ObjectNotFound:
@@ -231,7 +247,7 @@ class Worker:
         except ObjectNotFound:
             return RenderResult(404, reason="instance not found")
         try:
-            body = await self._compute(background, _render, source, request)
+            body = await self._compute(background, render_frame, source, request)
         except DecodeError as exc:
             return RenderResult(422, reason=str(exc))
         self.cache.put(request, body)
@@ -265,12 +281,9 @@ class Worker:
         if keeping is not None:  # made a moment ago, still being written
             return await asyncio.shield(keeping), None
         sidecar = _sidecar(target)
-        try:
-            # Written after the object: its presence means the object is complete.
-            known = await self.store.read(sidecar)
-        except ObjectNotFound:
-            pass
-        else:
+        # Written after the object: its presence means the object is complete.
+        known = await self._small(sidecar)
+        if known is not None:
             return msgspec.json.decode(known, type=TranscodeResponse), None
         try:
             source = await self._best_source(
@@ -421,9 +434,3 @@ def _transcode(source: bytes | Path, wanted: str) -> tuple[bytes, int | None]:
     """The instance in `wanted`, and the offset of its Pixel Data tag (one thread hop)."""
     data = transcode(source, wanted)
     return data, read_header(data).pixel_data_offset
-
-
-def _render(source: bytes | Path, request: RenderRequest) -> bytes:
-    arr, ds = decode_frame(source, request.frame - 1)
-    image = fit_viewport(to_display(arr, ds, request.window), request.viewport)
-    return encode_image(image, request.media_type, request.quality)

@@ -1,0 +1,93 @@
+"""Rendered frames made in the gateway itself, for instances whose frames decode quickly.
+
+Asking the render service for a rendered frame costs a NATS round trip and the service's own
+request handling on top of the work: measured ~9 ms of hop for ~2 ms of rendering (a 512x512
+16-bit CT frame: read 0.03 ms, decode 0.75, window 0.26, JPEG 0.68). Frames stored
+uncompressed or as HTJ2K are rendered here instead, in worker threads of this process, with
+the render service's own code (`krypton.dicom.rendering.render_frame`: identical output).
+Other syntaxes still go to the render service: it decodes JPEG 2000 from its precomputed
+HTJ2K copy, and keeps the slow codecs' CPU out of the gateway.
+
+The instance is read whole in the rendering thread (one thread hop per rendering) when it is
+small; a big one (a long multi-frame) is handed to pydicom as a file, which reads only the
+frame asked for, or rendered by the service when the store has no local files (S3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+from pydicom.uid import HTJ2K, DeflatedExplicitVRLittleEndian, HTJ2KLossless, HTJ2KLosslessRPCL
+
+from krypton.contracts.index.v1 import LocatedInstance
+from krypton.contracts.render.v1 import RenderRequest
+from krypton.core.logging import get_logger
+from krypton.dicom.codecs import NATIVE
+from krypton.dicom.pixels import DecodeError
+from krypton.dicom.rendering import render_frame
+from krypton.gateway import timing
+from krypton.gateway.wado_services import WadoError
+from krypton.storage.base import ObjectStore
+from krypton.storage.errors import ObjectNotFound
+
+__all__ = ["render_here", "renders_here"]
+
+_log = get_logger("krypton.gateway.wado")
+
+# Inflating a deflated data set is a whole-file job: left to the render service.
+_HERE: Final = (NATIVE - {DeflatedExplicitVRLittleEndian}) | {
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+}
+# Instances up to this size are read whole; bigger ones are read frame by frame by pydicom.
+_READ_WHOLE: Final = 8 * 1024 * 1024
+# Its own threads (not the default executor, which reads files for every request): at most
+# one rendering per core at a time, the others wait their turn here.
+_threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="render")
+
+
+def renders_here(store: ObjectStore, instance: LocatedInstance) -> bool:
+    """Whether the gateway renders `instance`'s frames itself."""
+    if instance.transfer_syntax_uid not in _HERE:
+        return False
+    return instance.size <= _READ_WHOLE or store.local_path(instance.object_key) is not None
+
+
+def _render(source: bytes | Path, request: RenderRequest, whole: bool) -> bytes:
+    if whole and isinstance(source, Path):
+        source = source.read_bytes()  # one read, in this thread: no hop for the I/O
+    return render_frame(source, request)
+
+
+async def render_here(
+    store: ObjectStore, instance: LocatedInstance, request: RenderRequest
+) -> tuple[bytes, str]:
+    """The rendered image and its media type, made in this process (`renders_here` first).
+
+    Raises:
+        WadoError: 404 when the object is gone, 422 when the frame does not exist or cannot
+            be decoded (what the render service answers).
+    """
+    path = store.local_path(instance.object_key)
+    whole = instance.size <= _READ_WHOLE
+    with timing.stage("render_here"):
+        try:
+            source: bytes | Path = (
+                path if path is not None else await store.read(request.object_key)
+            )
+            body = await asyncio.get_running_loop().run_in_executor(
+                _threads, _render, source, request, whole
+            )
+        except (ObjectNotFound, FileNotFoundError):
+            raise WadoError(404, "instance not found") from None
+        except DecodeError as exc:
+            raise WadoError(422, str(exc)) from None
+        except Exception as exc:  # a malformed data set fails in the parser's own ways
+            _log.warning("rendering failed", sop=instance.sop_instance_uid, error=repr(exc))
+            raise WadoError(422, "the frame cannot be rendered") from None
+    return body, request.media_type.value
