@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats.errors
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +28,7 @@ from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
 from krypton.gateway import routes_audit, routes_policy, routes_wado
 from krypton.gateway.context import GatewayContext, VerdictWaiter
+from krypton.gateway.lean_route import LeanRoute
 from krypton.gateway.problems import problem
 from krypton.gateway.qido import search
 from krypton.gateway.security import context_of, guarded
@@ -121,47 +122,51 @@ def create_app(settings: KryptonSettings) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
-    # STOW-RS
-    @app.post("/dicomweb/studies", tags=["DICOMweb"], summary="STOW-RS: store instances")
+    # STOW-RS and QIDO-RS: endpoints of the request and `str` path parameters, on lean routes.
+    dicomweb = APIRouter(route_class=LeanRoute)
+
+    @dicomweb.post("/dicomweb/studies", tags=["DICOMweb"], summary="STOW-RS: store instances")
     async def stow(request: Request) -> Response:
         return await guarded(request, lambda r, c, a: store_instances(r, c, a, None))
 
-    @app.post("/dicomweb/studies/{study}", tags=["DICOMweb"], summary="STOW-RS into a study")
+    @dicomweb.post("/dicomweb/studies/{study}", tags=["DICOMweb"], summary="STOW-RS into a study")
     async def stow_study(request: Request, study: str) -> Response:
         return _bad_uid(study) or await guarded(
             request, lambda r, c, a: store_instances(r, c, a, study)
         )
 
     # QIDO-RS
-    @app.get("/dicomweb/studies", tags=["DICOMweb"], summary="QIDO-RS: search studies")
+    @dicomweb.get("/dicomweb/studies", tags=["DICOMweb"], summary="QIDO-RS: search studies")
     async def qido_studies(request: Request) -> Response:
         return await guarded(request, lambda r, c, a: search(r, c, a, QidoLevelValues.STUDY))
 
-    @app.get("/dicomweb/series", tags=["DICOMweb"], summary="QIDO-RS: search all series")
+    @dicomweb.get("/dicomweb/series", tags=["DICOMweb"], summary="QIDO-RS: search all series")
     async def qido_series(request: Request) -> Response:
         return await guarded(request, lambda r, c, a: search(r, c, a, QidoLevelValues.SERIES))
 
-    @app.get("/dicomweb/instances", tags=["DICOMweb"], summary="QIDO-RS: search all instances")
+    @dicomweb.get("/dicomweb/instances", tags=["DICOMweb"], summary="QIDO-RS: search all instances")
     async def qido_instances(request: Request) -> Response:
         return await guarded(request, lambda r, c, a: search(r, c, a, QidoLevelValues.INSTANCE))
 
-    @app.get("/dicomweb/studies/{study}/series", tags=["DICOMweb"])
+    @dicomweb.get("/dicomweb/studies/{study}/series", tags=["DICOMweb"])
     async def qido_study_series(request: Request, study: str) -> Response:
         return _bad_uid(study) or await guarded(
             request, lambda r, c, a: search(r, c, a, QidoLevelValues.SERIES, study)
         )
 
-    @app.get("/dicomweb/studies/{study}/instances", tags=["DICOMweb"])
+    @dicomweb.get("/dicomweb/studies/{study}/instances", tags=["DICOMweb"])
     async def qido_study_instances(request: Request, study: str) -> Response:
         return _bad_uid(study) or await guarded(
             request, lambda r, c, a: search(r, c, a, QidoLevelValues.INSTANCE, study)
         )
 
-    @app.get("/dicomweb/studies/{study}/series/{series}/instances", tags=["DICOMweb"])
+    @dicomweb.get("/dicomweb/studies/{study}/series/{series}/instances", tags=["DICOMweb"])
     async def qido_series_instances(request: Request, study: str, series: str) -> Response:
         return _bad_uid(study, series) or await guarded(
             request, lambda r, c, a: search(r, c, a, QidoLevelValues.INSTANCE, study, series)
         )
+
+    app.include_router(dicomweb)
 
     # Feature routers: retrieval (WADO-RS), access policy APIs, audit APIs.
     for module in (routes_wado, routes_policy, routes_audit):
