@@ -264,26 +264,12 @@ async def instance_targets(
 @contextlib.asynccontextmanager
 async def on_population(args: argparse.Namespace) -> AsyncIterator[Setup]:
     """The platform on the cached population of ``--studies`` studies (loaded if needed)."""
-    state_dir = population.state_dir_of(args).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config = population.config_of(args)
-    region = population.Region(config)
-    dsn = population.open_database(state_dir, args.dsn)
-    log(f"population of {args.studies} studies in {state_dir}")
-    load = await population.load_population(
-        dsn, state_dir, config, workers=args.workers, keep_indexes=args.keep_indexes
-    )
-    sub, finess = region.professionals[0]
-    # The same professional and values as `scale.py`: three quarters own studies, a quarter
-    # granted ones.
-    granted = [
-        g["study"]
-        for g in region.grants()
-        if g["actor_sub"] == sub and g["active"] and g["study_uid"] is None
-        and g["valid_until"] > population.NOW
-    ]  # fmt: skip
-    studies = scale.sample_studies(region, finess, granted, args.pool, args.seed)
-    pools = scale.query_pools(studies, args.pool, args.seed)
+    # The same professional and query values as `scale.py`.
+    prepared = await scale.prepare(args)
+    state_dir, config, region, dsn, load = (
+        prepared.state_dir, prepared.config, prepared.region, prepared.dsn, prepared.load
+    )  # fmt: skip
+    sub, finess, pools = prepared.sub, prepared.structure, prepared.pools
     structure = next(s for s in region.structures if s.finess == finess)
     async with scale._platform(state_dir, args.dsn) as platform:
         issuer = DevIssuer(platform.state_dir / "issuer", platform.issuer_url)

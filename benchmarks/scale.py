@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +406,45 @@ def report(result: dict[str, Any]) -> None:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded population and the query values drawn from it (shared with `mixed.py`)."""
+
+    state_dir: Path
+    config: population.Config
+    region: population.Region
+    dsn: str
+    load: dict[str, Any]
+    sub: str  # the measured professional and their structure
+    structure: str
+    granted: list[int]  # the studies their live patient-wide grants were drawn from
+    pools: dict[str, list[Query]]
+
+
+async def prepare(args: argparse.Namespace) -> Prepared:
+    """Load (or reuse) the population of ``--studies`` and draw the query values."""
+    state_dir = population.state_dir_of(args).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = population.config_of(args)
+    region = population.Region(config)
+    dsn = population.open_database(state_dir, args.dsn)
+    log(f"population of {args.studies} studies in {state_dir}")
+    load = await population.load_population(
+        dsn, state_dir, config, workers=args.workers, keep_indexes=args.keep_indexes
+    )
+    sub, structure = region.professionals[0]
+    granted = [
+        g["study"]
+        for g in region.grants()
+        if g["actor_sub"] == sub and g["active"] and g["study_uid"] is None
+        and g["valid_until"] > population.NOW
+    ]  # fmt: skip
+    log("drawing query values")
+    studies = sample_studies(region, structure, granted, args.pool, args.seed)
+    pools = query_pools(studies, args.pool, args.seed)
+    return Prepared(state_dir, config, region, dsn, load, sub, structure, granted, pools)
+
+
 @contextlib.asynccontextmanager
 async def _platform(state_dir: Path, dsn: str | None) -> AsyncIterator[Any]:
     """The embedded platform on the population's database (`dsn` when it lives elsewhere)."""
@@ -439,26 +479,13 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--orthanc-studies", type=int, default=5000)
     parser.add_argument("--name", default=NAME, help="results file name")
     args = parser.parse_args(argv)
-    state_dir = population.state_dir_of(args).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config = population.config_of(args)
-    region = population.Region(config)
-
-    dsn = population.open_database(state_dir, args.dsn)
-    log(f"population of {args.studies} studies in {state_dir}")
-    load = await population.load_population(
-        dsn, state_dir, config, workers=args.workers, keep_indexes=args.keep_indexes
-    )
-    sub, structure = region.professionals[0]
-    granted = [
-        g["study"]
-        for g in region.grants()
-        if g["actor_sub"] == sub and g["active"] and g["study_uid"] is None
-        and g["valid_until"] > population.NOW
-    ]  # fmt: skip
-    log("drawing query values")
-    studies = sample_studies(region, structure, granted, args.pool, args.seed)
-    pools = query_pools(studies, args.pool, args.seed)
+    prepared = await prepare(args)
+    state_dir, config, region, dsn, load = (
+        prepared.state_dir, prepared.config, prepared.region, prepared.dsn, prepared.load
+    )  # fmt: skip
+    sub, structure, granted, pools = (
+        prepared.sub, prepared.structure, prepared.granted, prepared.pools
+    )  # fmt: skip
 
     krypton: dict[str, Any] = {}
     log("starting the platform on the population's database")

@@ -183,15 +183,19 @@ async def frame_layout(
     return layout
 
 
+def _check_frame(layout: FrameLayout, number: int, shape: ImageShape) -> None:
+    if number < 1 or number > max(shape.frames, len(layout.frames)):
+        msg = f"frame {number} does not exist"
+        raise IndexError(msg)
+
+
 def frame_range(layout: FrameLayout, number: int, shape: ImageShape) -> tuple[tuple[int, int], ...]:
     """The `(offset, length)` byte ranges of frame `number` (1-based); empty when bit-packed.
 
     Raises:
         IndexError: there is no such frame.
     """
-    if number < 1 or number > max(shape.frames, len(layout.frames)):
-        msg = f"frame {number} does not exist"
-        raise IndexError(msg)
+    _check_frame(layout, number, shape)
     if layout.bit_offsets:
         return ()
     if number > len(layout.frames):
@@ -208,9 +212,7 @@ async def read_frame(
     Raises:
         IndexError: there is no such frame.
     """
-    if number < 1 or number > max(shape.frames, len(layout.frames)):
-        msg = f"frame {number} does not exist"
-        raise IndexError(msg)
+    _check_frame(layout, number, shape)
     if layout.bit_offsets:
         bits = shape.rows * shape.columns * shape.samples
         start = layout.bit_offsets[number - 1]
