@@ -49,7 +49,8 @@ async def search(
 
     The answer carries a ``Server-Timing`` header (``parse``, ``index``: the NATS round trip
     to the index service including its SQL and rendering, ``audit``: until JetStream holds
-    the audit event, ``total``) so a slow search shows which hop it spent its time in.
+    the audit event, ``total``) so a slow search shows which hop it spent its time in; an
+    empty answer carries none.
     """
     timings = timing.begin()
     if not _accepts_json(request.headers.get("accept")):
@@ -101,5 +102,8 @@ async def search(
     except audit.AuditUnavailableError:
         return audit.unavailable()
     response = Response(reply.data, media_type=DICOM_JSON)
-    timings.apply(response)
+    if headers.get("Krypton-Count", "0") != "0":
+        # Only an answer that discloses studies says where its time went: an empty one must
+        # look the same whether the studies are hidden or absent, headers included.
+        timings.apply(response)
     return response
