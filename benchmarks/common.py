@@ -196,6 +196,16 @@ def plot_path(name: str) -> Path:
     return RESULTS_DIR / f"{name}.png"
 
 
+def save_figure(fig: Any, plt: Any, name: str, machine_info: dict[str, Any]) -> Path:
+    """Sign `fig` with the machine line, save it as results/<name>.png, close it."""
+    fig.text(0.01, 0.005, machine_line(machine_info), fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    path = plot_path(name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def pyplot() -> Any:
     """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib

@@ -55,10 +55,10 @@ from common import (
     machine_line,
     parse_replicas,
     platform_groups,
-    plot_path,
     postgres_version,
     print_table,
     pyplot,
+    save_figure,
     started_platform,
     summarise,
     write_result,
@@ -429,12 +429,7 @@ def plot(result: dict[str, Any], name: str) -> Path:
     bottom.set_xlabel("seconds")
     bottom.set_ylabel("CPU % (100 = one core)")
     bottom.legend(ncol=4, fontsize="small")
-    fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(name)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, plt, name, result["machine"])
 
 
 def _server_row(label: str, r: dict[str, Any], indexed: float) -> list[object]:

@@ -79,10 +79,10 @@ from common import (
     machine,
     machine_line,
     platform_groups,
-    plot_path,
     postgres_version,
     print_table,
     pyplot,
+    save_figure,
     started_platform,
     summarise,
     write_result,
@@ -995,12 +995,7 @@ def plot(result: dict[str, Any], raw: dict[str, list[tuple[float, float]]]) -> P
     ax.set_xlabel("seconds")
     ax.set_title("ingest: acknowledged vs indexed")
     ax.legend(loc="upper left", fontsize="small")
-    fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(result["name"])
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, plt, result["name"], result["machine"])
 
 
 def report(result: dict[str, Any]) -> None:

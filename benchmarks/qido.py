@@ -54,10 +54,10 @@ from common import (
     machine,
     machine_line,
     platform_groups,
-    plot_path,
     postgres_version,
     print_table,
     pyplot,
+    save_figure,
     started_platform,
     summarise,
     write_result,
@@ -626,12 +626,7 @@ def plot(result: dict[str, Any], name: str = NAME) -> Path:
     ax.set_ylabel("ms")
     ax.set_title(f"Krypton QIDO-RS through HTTP, one client, {result['load']['studies']} studies")
     ax.legend()
-    fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(name)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, plt, name, result["machine"])
 
 
 def report(result: dict[str, Any]) -> None:

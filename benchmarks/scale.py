@@ -49,10 +49,10 @@ from common import (
     machine,
     machine_line,
     platform_groups,
-    plot_path,
     postgres_version,
     print_table,
     pyplot,
+    save_figure,
     started_platform,
     write_result,
 )
@@ -347,12 +347,7 @@ def plot(result: dict[str, Any]) -> Path:
             f"Krypton through HTTP, policy applied, {result['params']['studies']:,} studies, {title}"
         )
         ax.legend()
-    fig.text(0.01, 0.005, machine_line(result["machine"]), fontsize=7)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    path = plot_path(result["name"])
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, plt, result["name"], result["machine"])
 
 
 def report(result: dict[str, Any]) -> None:
