@@ -430,7 +430,10 @@ class SystemCpu:
 
 @contextlib.asynccontextmanager
 async def started_platform(
-    state_dir: Path, replicas: dict[str, int] | None = None, log_level: str = "WARNING"
+    state_dir: Path,
+    replicas: dict[str, int] | None = None,
+    log_level: str = "WARNING",
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Any]:
     """A running embedded platform on free ports with its state in `state_dir`."""
     from krypton.cli.platform import Platform, PlatformConfig
@@ -443,14 +446,12 @@ async def started_platform(
             issuer_port=0,
             replicas=replicas or {},
             log_level=log_level,
+            extra_env=extra_env or {},
         ),
         colour=False,
     )
-    try:
-        await platform.start(timeout=120)
+    async with platform.running(timeout=120):
         yield platform
-    finally:
-        await platform.stop()
 
 
 def parse_replicas(text: str) -> dict[str, int]:

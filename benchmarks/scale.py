@@ -443,23 +443,10 @@ async def prepare(args: argparse.Namespace) -> Prepared:
 @contextlib.asynccontextmanager
 async def _platform(state_dir: Path, dsn: str | None) -> AsyncIterator[Any]:
     """The embedded platform on the population's database (`dsn` when it lives elsewhere)."""
-    if dsn is None:
-        async with started_platform(state_dir) as platform:
-            yield platform
-        return
-    from krypton.cli.platform import Platform, PlatformConfig
-
     # The services read KRYPTON_PG_DSN; the embedded server the platform also starts idles.
-    platform = Platform(
-        PlatformConfig(state_dir=state_dir, http_port=0, nats_port=0, issuer_port=0,
-                       log_level="WARNING", extra_env={"KRYPTON_PG_DSN": dsn}),
-        colour=False,
-    )  # fmt: skip
-    try:
-        await platform.start(timeout=120)
+    env = {"KRYPTON_PG_DSN": dsn} if dsn is not None else {}
+    async with started_platform(state_dir, extra_env=env) as platform:
         yield platform
-    finally:
-        await platform.stop()
 
 
 async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -43,11 +43,8 @@ async def platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ru
         PlatformConfig(state_dir=state, http_port=0, nats_port=0, issuer_port=0),
         colour=False,
     )
-    try:
-        await p.start(timeout=90)
+    async with p.running(timeout=90):
         yield Running(p)
-    finally:
-        await p.stop()
 
 
 @pytest.fixture

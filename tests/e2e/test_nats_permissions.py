@@ -41,11 +41,8 @@ async def guarded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
         PlatformConfig(state_dir=state, http_port=0, nats_port=0, issuer_port=0, nats_auth=True),
         colour=False,
     )
-    try:
-        await p.start(timeout=90)
+    async with p.running(timeout=90):
         yield Running(p)
-    finally:
-        await p.stop()
 
 
 def _instance() -> bytes:

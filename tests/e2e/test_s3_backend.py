@@ -41,11 +41,8 @@ async def s3_platform(
         PlatformConfig(state_dir=state, http_port=0, nats_port=0, issuer_port=0, extra_env=env),
         colour=False,
     )
-    try:
-        await p.start(timeout=90)
+    async with p.running(timeout=90):
         yield Running(p)
-    finally:
-        await p.stop()
 
 
 async def test_instances_stored_through_s3_are_found_and_kept_byte_for_byte(

@@ -54,11 +54,8 @@ async def traced(
         ),
         colour=False,
     )
-    try:
-        await p.start(timeout=90)
+    async with p.running(timeout=90):
         yield Running(p)
-    finally:
-        await p.stop()
 
 
 def _instance() -> bytes:

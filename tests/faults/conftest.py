@@ -104,11 +104,8 @@ async def platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ru
         ),
         colour=False,
     )
-    try:
-        await p.start(timeout=120)
+    async with p.running(timeout=120):
         yield Running(p)
-    finally:
-        await p.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -42,8 +42,5 @@ async def platform(
         ),
         colour=False,
     )
-    try:
-        await p.start(timeout=120)
+    async with p.running(timeout=120):
         yield Running(p)
-    finally:
-        await p.stop()

@@ -7,11 +7,13 @@ what is tested is what a user runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -191,6 +193,15 @@ class Platform:
                 await asyncio.sleep(0.2)
         msg = f"platform not ready after {timeout} s: {last}"
         raise TimeoutError(msg)
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, timeout: float = 60.0) -> AsyncIterator[Platform]:
+        """Start the platform (`start`), and stop it on leaving, also when starting failed."""
+        try:
+            await self.start(timeout=timeout)
+            yield self
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         """Stop services, then nats-server and PostgreSQL."""
