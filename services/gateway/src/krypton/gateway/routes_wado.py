@@ -742,16 +742,6 @@ async def _rendered(
     return Response(body, media_type=media_type, headers=headers)
 
 
-def _is_default_thumbnail(request: RenderRequest) -> bool:
-    return (
-        request.frame == 1
-        and request.media_type is RenderedMediaValues.JPEG
-        and request.quality == THUMBNAIL_QUALITY
-        and request.viewport == THUMBNAIL_VIEWPORT
-        and request.window is None
-    )
-
-
 async def _render_cached(
     ctx: GatewayContext, request: RenderRequest, instance: LocatedInstance
 ) -> tuple[bytes, str]:
@@ -767,7 +757,7 @@ async def _render_cached(
         return cached
     result: tuple[bytes, str] | None = None
     if (
-        _is_default_thumbnail(request)
+        request.is_default_thumbnail()
         and request.study_uid
         and request.series_uid
         and request.sop_instance_uid

@@ -82,17 +82,6 @@ def thumbnail_request(object_key: str, sha256: str, **instance: str | None) -> R
     )
 
 
-def _is_default_thumbnail(request: RenderRequest) -> bool:
-    return (
-        request.frame == 1
-        and request.media_type is RenderedMediaValues.JPEG
-        and request.quality == THUMBNAIL_QUALITY
-        and request.viewport == THUMBNAIL_VIEWPORT
-        and request.window is None
-        and request.sop_instance_uid is not None
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class RenderResult:
     """A rendered image, or why there is none (`status` is HTTP-like)."""
@@ -234,7 +223,7 @@ class Worker:
         if cached is not None:
             return RenderResult(200, cached, request.media_type.value)
         uids = _uids(request.study_uid, request.series_uid, request.sop_instance_uid)
-        if uids is not None and _is_default_thumbnail(request):
+        if uids is not None and request.is_default_thumbnail():
             try:
                 body = await self.store.read(_thumbnail_key(*uids))
             except ObjectNotFound:

@@ -74,3 +74,13 @@ class RenderRequest(msgspec.Struct, frozen=True, kw_only=True):
     series_uid: str | None = None
     sop_instance_uid: str | None = None
     transfer_syntax_uid: str | None = None  # of the original at `object_key`
+
+    def is_default_thumbnail(self) -> bool:
+        """Whether this asks for exactly the thumbnail precomputed at ingest."""
+        return (
+            self.frame == 1
+            and self.media_type is RenderedMediaValues.JPEG
+            and self.quality == THUMBNAIL_QUALITY
+            and self.viewport == THUMBNAIL_VIEWPORT
+            and self.window is None
+        )
