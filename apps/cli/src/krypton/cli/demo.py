@@ -44,12 +44,20 @@ async def _stow(
     client: httpx.AsyncClient, url: str, token: str, parts: Sequence[bytes]
 ) -> tuple[int, int]:
     body, content_type = _multipart(parts)
-    for _attempt in range(_ATTEMPTS):
-        response = await client.post(
-            f"{url}/dicomweb/studies",
-            content=body,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
-        )
+    for attempt in range(_ATTEMPTS):
+        try:
+            response = await client.post(
+                f"{url}/dicomweb/studies",
+                content=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+            )
+        except httpx.TransportError:
+            # A dropped connection (e.g. a pooled keep-alive connection the server closed as
+            # it was reused) means "send it again": resending the same bytes is always safe.
+            if attempt == _ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.5)
+            continue
         if response.status_code != 503:
             break
         # The platform asks to come back later (e.g. a service restarting): resending is safe.
@@ -102,9 +110,11 @@ async def load_demo(
         synthetic = [0, 0]
 
         async def send(study_index: int) -> None:
-            study = population.study(study_index, max_instances_per_series=4)
-            parts = list(render_instances(study))
+            # Made inside the semaphore: rendering every study up front would hold them all in
+            # memory and block the loop long enough for idle connections to be closed.
             async with semaphore:
+                study = population.study(study_index, max_instances_per_series=4)
+                parts = await asyncio.to_thread(lambda: list(render_instances(study)))
                 ok, failed = await _stow(client, base_url, token_for(study.structure.finess), parts)
             synthetic[0] += ok
             synthetic[1] += failed
