@@ -197,6 +197,10 @@ async def test_study_matching(
         ("marie^dupond", True, ["1.4"]),
         ("ene", True, []),
         ("dup*", True, ["1.5", "1.1", "1.4"]),
+        ("d", True, ["1.5", "1.1", "1.3", "1.4"]),
+        ("d^jean", True, ["1.5", "1.1"]),
+        ("jeanjeanjeanjean", True, []),
+        ("ma dupo", True, ["1.4"]),
     ],
 )
 async def test_person_names_match_without_case_or_accents(

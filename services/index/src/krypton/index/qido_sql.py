@@ -24,7 +24,9 @@ Matching (on top of what `krypton.dicom.qido` validates):
   work the same way (``dup*``).
 - PN with ``fuzzymatching=true``: every word of the value must be the prefix of a word of the
   name, in any component and any order: ``dup`` and ``jean`` both find ``DUPONT^JEAN``.
-  A trigram-indexed regular expression per word.
+  A regular expression per word decides; for PatientName the words of two letters or more
+  are first looked up in ``studies_name_prefix_idx`` (the 2-12 letter prefixes of each name
+  word, migration 0004), one posting list per word, so common short prefixes stay cheap.
 - Other text VRs: exact and case-sensitive (PS3.4), wildcards through ``LIKE``.
 - TM single values match the whole precision they name (``10`` is 10:00:00 to 10:59:59.999999).
 """
@@ -74,6 +76,9 @@ _PN_SEARCH: Final = {
     "ReferringPhysicianName": "st.referring_physician_search",
 }
 _INT4_MAX: Final = 2**31 - 1
+# Word prefixes held by studies_name_prefix_idx (index.name_prefixes, migration 0004).
+_PREFIX_MIN: Final = 2
+_PREFIX_MAX: Final = 12
 _TM_RE: Final = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$")
 
 
@@ -358,10 +363,21 @@ def _pn_sql(match: Match, fuzzy: bool, params: _Params) -> str | None:
         words = re.findall(r"\w+", normalise_pn(value.replace("*", " ").replace("?", " ")) or "")
         if not words:
             return None
+        prefixes = sorted({w[:_PREFIX_MAX] for w in words if len(w) >= _PREFIX_MIN})
+        narrowed = match.keyword == "PatientName" and bool(prefixes)
         # A word must start the name, or follow a component (^) or word (space) separator.
-        return " AND ".join(
-            f"{column} ~ {params.add('(^|[ ^])' + re.escape(word))}" for word in words
-        )
+        # Behind the prefix index the expressions only recheck the rows it found: written as
+        # regexp_like, which the trigram index cannot serve, so the planner does not add a
+        # trigram scan of those common short words (the cost this index exists to avoid).
+        test = "regexp_like({}, {})" if narrowed else "{} ~ {}"
+        conditions = [
+            test.format(column, params.add("(^|[ ^])" + re.escape(word))) for word in words
+        ]
+        if narrowed:
+            conditions.insert(
+                0, f"index.name_prefixes({column}) @> {params.add(prefixes, 'text[]')}"
+            )
+        return " AND ".join(conditions)
     if match.kind is MatchKindValues.WILDCARD:
         pattern = normalise_pn(value, keep_wildcards=True)
         if pattern is None or not pattern.strip("*"):
