@@ -91,3 +91,34 @@ async def test_a_transient_failure_redelivers_the_whole_batch(nats_url: str) -> 
     await nc.close()
     assert seen == {0, 1, 2, 3}
     assert calls >= 2
+
+
+async def test_a_linger_gathers_messages_that_arrive_just_after_the_first(nats_url: str) -> None:
+    nc, stream, subject = await _setup(nats_url)
+    js = nc.jetstream()
+    batches: list[list[int]] = []
+    done = asyncio.Event()
+
+    async def handler(events: Sequence[Event]) -> None:
+        batches.append([e.n for e in events])
+        if sum(map(len, batches)) == 5:
+            done.set()
+
+    consumer = BatchConsumer(
+        js=js, stream=stream, subject=subject, durable="t3", type_=Event, handler=handler,
+        batch=10, linger=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    for n in range(5):  # one at a time, as requests come: without a linger, five batches
+        await js.publish(subject.replace(">", "z"), msgspec.json.encode(Event(n)))
+        await asyncio.sleep(0.02)
+    await asyncio.wait_for(done.wait(), 10)
+    for _ in range(100):
+        info = await js.consumer_info(stream, "t3")
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.02)
+    await consumer.stop()
+    await nc.close()
+    assert batches == [[0, 1, 2, 3, 4]]
+    assert info.num_ack_pending == 0

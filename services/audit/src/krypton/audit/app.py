@@ -116,6 +116,7 @@ def build_app(
                 type_=AuditEvent,
                 handler=record,
                 batch=audit.batch_size,
+                linger=audit.batch_linger,
             ),
             BatchConsumer(
                 js=js,
@@ -125,6 +126,7 @@ def build_app(
                 type_=InstanceStored,
                 handler=project,
                 batch=audit.batch_size,
+                linger=audit.batch_linger,
             ),
         ]
         for consumer in consumers:

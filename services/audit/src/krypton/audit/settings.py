@@ -19,6 +19,10 @@ class AuditSettings(BaseSettings):
     retention_days: int = Field(default=365, ge=1)
     checkpoint_interval: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=256, ge=1)
+    # Seconds a started batch waits for more events before it is appended (one transaction
+    # per batch). Readers of the trail see an access this much later; the event itself is
+    # durable in JetStream before the access is answered.
+    batch_linger: float = Field(default=0.1, ge=0, le=5)
 
     @property
     def retention(self) -> timedelta:
