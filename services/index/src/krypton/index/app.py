@@ -1,8 +1,9 @@
 """The index service: the searchable read model of every stored instance, and QIDO-RS answers.
 
 Consumes `instance.stored.*` in batches with the durable pull consumer `index` (nats-py batch
-loop, see `krypton.bus.consumer`; idempotent upserts: redelivery never double-counts), and answers `svc.index.qido` requests in the queue
-group `index` so N replicas share searches. Run it with `krypton run index`.
+loop, see `krypton.bus.consumer`; idempotent upserts: redelivery never double-counts), and answers `svc.index.qido` and `svc.index.locate` in
+the queue group `index` so N replicas share searches, each process `KRYPTON_INDEX_REQUEST_WORKERS`
+requests at a time. Run it with `krypton run index`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
         pool = await create_pool(
             settings.pg_dsn.get_secret_value(),
             min_size=2,
-            max_size=10,
+            max_size=max(10, settings.index_request_workers + 2),
             application_name="index",
             custom_plans=True,
         )
@@ -88,7 +89,9 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
             await nc.close()
             await pool.close()
 
-    @broker.subscriber(subjects.SVC_INDEX_QIDO, queue="index")
+    workers = settings.index_request_workers
+
+    @broker.subscriber(subjects.SVC_INDEX_QIDO, queue="index", max_workers=workers)
     async def on_qido(request: QidoRequest) -> NatsResponse:
         # The DICOM JSON body travels as raw bytes (no base64 inside another JSON document);
         # status, count and reason ride in headers.
@@ -113,7 +116,7 @@ def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
             headers["Krypton-Access"] = msgspec.json.encode(response.access).decode()
         return NatsResponse(response.body, headers=headers)
 
-    @broker.subscriber(subjects.SVC_INDEX_LOCATE, queue="index")
+    @broker.subscriber(subjects.SVC_INDEX_LOCATE, queue="index", max_workers=workers)
     async def on_locate(request: LocateRequest) -> bytes:
         try:
             return await handle_locate(state["pool"], request)
