@@ -99,7 +99,7 @@ async def _plan(
         ([("PatientName", "dupont^jean")], ADMIN, "studies_patient_name_trgm_idx"),
         ([("PatientName", "dupon*")], ADMIN, "studies_patient_name_trgm_idx"),
         ([("PatientName", "dupont jean"), ("fuzzymatching", "true")], ADMIN,
-         "studies_name_prefix_idx"),
+         "studies_name_keys_idx"),
         ([], PATIENT, "studies_patient_ins_idx"),
     ],
 )  # fmt: skip

@@ -25,8 +25,9 @@ Matching (on top of what `krypton.dicom.qido` validates):
 - PN with ``fuzzymatching=true``: every word of the value must be the prefix of a word of the
   name, in any component and any order: ``dup`` and ``jean`` both find ``DUPONT^JEAN``.
   A regular expression per word decides; for PatientName the words of two letters or more
-  are first looked up in ``studies_name_prefix_idx`` (the 2-12 letter prefixes of each name
-  word, migration 0004), one posting list per word, so common short prefixes stay cheap.
+  are first looked up in ``studies_name_keys_idx`` (the 2-12 letter prefixes of each name
+  word, region-wide and per structure, migration 0004): one posting list per word, the
+  structure's own where the access arm is a structure's (`_name_scope`).
 - Other text VRs: exact and case-sensitive (PS3.4), wildcards through ``LIKE``.
 - TM single values match the whole precision they name (``10`` is 10:00:00 to 10:59:59.999999).
 """
@@ -45,6 +46,7 @@ from krypton.contracts.index.v1 import (
     Match,
     MatchKindValues,
     QidoLevelValues,
+    QidoQuery,
     QidoRequest,
     QidoResponse,
 )
@@ -76,9 +78,10 @@ _PN_SEARCH: Final = {
     "ReferringPhysicianName": "st.referring_physician_search",
 }
 _INT4_MAX: Final = 2**31 - 1
-# Word prefixes held by studies_name_prefix_idx (index.name_prefixes, migration 0004).
+# Word prefixes held by studies_name_keys_idx (index.name_keys, migration 0004).
 _PREFIX_MIN: Final = 2
 _PREFIX_MAX: Final = 12
+_NAME_KEYS: Final = "index.name_keys(st.structure, st.patient_name_search)"
 _TM_RE: Final = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$")
 
 
@@ -284,7 +287,9 @@ def _time_bound(value: str, *, upper: bool) -> time | None:
         return None
 
 
-def _match_sql(match: Match, vr: str, fuzzy: bool, params: _Params) -> str | None:
+def _match_sql(
+    match: Match, vr: str, fuzzy: bool, params: _Params, *, narrowed: bool = False
+) -> str | None:
     """SQL condition for one matching key, or None when it filters nothing."""
     kind = match.kind
     if kind is MatchKindValues.EMPTY:
@@ -297,7 +302,7 @@ def _match_sql(match: Match, vr: str, fuzzy: bool, params: _Params) -> str | Non
         msg = f"{match.keyword} cannot be matched"
         raise ValidationError(msg, field=match.keyword)
     if vr == "PN":
-        return _pn_sql(match, fuzzy, params)
+        return _pn_sql(match, fuzzy, params, narrowed=narrowed and match.keyword == "PatientName")
     if vr in ("DA", "TM"):
         return _range_sql(expr, vr, match, params)
     if vr in ("IS", "UI") and kind is MatchKindValues.WILDCARD:
@@ -356,28 +361,65 @@ def _range_sql(expr: str, vr: str, match: Match, params: _Params) -> str | None:
     return " AND ".join(conditions) or None
 
 
-def _pn_sql(match: Match, fuzzy: bool, params: _Params) -> str | None:
+def _fuzzy_words(value: str) -> list[str]:
+    """The words of a fuzzy PN value, normalised as the stored names are."""
+    return re.findall(r"\w+", normalise_pn(value.replace("*", " ").replace("?", " ")) or "")
+
+
+def _name_prefixes(query: QidoQuery) -> list[str]:
+    """The keys of studies_name_keys_idx a fuzzy PatientName search needs (none: no index)."""
+    if not query.fuzzy:
+        return []
+    words = [
+        w
+        for m in query.matches
+        if m.keyword == "PatientName" and m.values
+        for w in _fuzzy_words(m.values[0])
+    ]
+    return sorted({w[:_PREFIX_MAX] for w in words if len(w) >= _PREFIX_MIN})
+
+
+def _name_scope(actor: Actor, arm: int, arms: int, *, grants: bool) -> str | None:
+    """Which keys of studies_name_keys_idx narrow access arm `arm` of `arms`.
+
+    ``""``: the region-wide keys (an admin sees every structure); a FINESS: that structure's
+    own keys (the arm is ``structure = FINESS``); None: no key narrows it (a patient's or a
+    professional's grants: a few hundred studies, read through their own index).
+    """
+    if actor.role is RoleValues.ADMIN:
+        return ""
+    if not actor.structure:
+        return None
+    if actor.role is RoleValues.PRODUCER:
+        return actor.structure
+    if actor.role is RoleValues.PROFESSIONAL and (arm == 0 if arms == 2 else not grants):
+        return actor.structure
+    return None
+
+
+def _name_keys_sql(scope: str | None, prefixes: list[str], params: _Params) -> list[str]:
+    if scope is None or not prefixes:
+        return []
+    keys = [f"{scope}:{p}" for p in prefixes] if scope else prefixes
+    return [f"{_NAME_KEYS} @> {params.add(keys, 'text[]')}"]
+
+
+def _pn_sql(match: Match, fuzzy: bool, params: _Params, *, narrowed: bool) -> str | None:
     column = _PN_SEARCH[match.keyword]
     value = match.values[0] if match.values else ""
     if fuzzy:
-        words = re.findall(r"\w+", normalise_pn(value.replace("*", " ").replace("?", " ")) or "")
-        if not words:
-            return None
-        prefixes = sorted({w[:_PREFIX_MAX] for w in words if len(w) >= _PREFIX_MIN})
-        narrowed = match.keyword == "PatientName" and bool(prefixes)
+        words = _fuzzy_words(value)
         # A word must start the name, or follow a component (^) or word (space) separator.
-        # Behind the prefix index the expressions only recheck the rows it found: written as
-        # regexp_like, which the trigram index cannot serve, so the planner does not add a
-        # trigram scan of those common short words (the cost this index exists to avoid).
+        # Behind the name keys index the expressions only recheck the rows it found: written
+        # as regexp_like, which the trigram index cannot serve, so the planner does not add a
+        # trigram scan of common short words (the cost the keys index exists to avoid).
         test = "regexp_like({}, {})" if narrowed else "{} ~ {}"
-        conditions = [
-            test.format(column, params.add("(^|[ ^])" + re.escape(word))) for word in words
-        ]
-        if narrowed:
-            conditions.insert(
-                0, f"index.name_prefixes({column}) @> {params.add(prefixes, 'text[]')}"
+        return (
+            " AND ".join(
+                test.format(column, params.add("(^|[ ^])" + re.escape(word))) for word in words
             )
-        return " AND ".join(conditions)
+            or None
+        )
     if match.kind is MatchKindValues.WILDCARD:
         pattern = normalise_pn(value, keep_wildcards=True)
         if pattern is None or not pattern.strip("*"):
@@ -436,6 +478,12 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
         else [access_predicate(request.actor, "st", grants=grants)]
     )
     access = [params.embed(*arm) for arm in arms]
+    prefixes = _name_prefixes(query)
+    scopes = [
+        _name_scope(request.actor, n, len(arms), grants=grants) if prefixes else None
+        for n in range(len(arms))
+    ]
+    narrowed = any(scope is not None for scope in scopes)
     conditions: list[str] = []
     if query.study_uid is not None:
         # On the table whose index drives the plan (series_study_idx for series/instances).
@@ -448,7 +496,7 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
         if vr is None:
             msg = f"{match.keyword} is not a matching key for a {level.value} search"
             raise ValidationError(msg, field=match.keyword)
-        condition = _match_sql(match, vr, query.fuzzy, params)
+        condition = _match_sql(match, vr, query.fuzzy, params, narrowed=narrowed)
         if condition:
             conditions.append(condition)
 
@@ -463,8 +511,9 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
 
     limit = max(0, min(query.limit, MAX_LIMIT))
     offset = max(0, query.offset)
+    arm_keys = [_name_keys_sql(scope, prefixes, params) for scope in scopes]
     if len(access) == 1:
-        where = " AND ".join([access[0], *conditions])
+        where = " AND ".join([access[0], *arm_keys[0], *conditions])
         body = f"FROM {source} WHERE {where}"
     else:
         # Each disjoint arm is read in its own index order and cut at the deepest row the
@@ -472,8 +521,8 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
         depth = params.add(limit + 1 + offset)
         branches = [
             f"(SELECT st.* FROM index.studies st WHERE "
-            f"{' AND '.join([arm, *conditions])} ORDER BY {order} LIMIT {depth})"
-            for arm in access
+            f"{' AND '.join([arm, *keys, *conditions])} ORDER BY {order} LIMIT {depth})"
+            for arm, keys in zip(access, arm_keys, strict=True)
         ]
         body = f"FROM ({' UNION ALL '.join(branches)}) st"
     sql = (

@@ -1,8 +1,9 @@
-"""`index.name_prefixes` (migration 0004) never hides a name that the fuzzy rule matches.
+"""`index.name_keys` (migration 0004) never hides a name that the fuzzy rule matches.
 
 The fuzzy PatientName rule (krypton.index.qido_sql): every query word is the prefix of a word
-of the normalised name. The SQL narrows rows with ``name_prefixes(name) @> prefixes`` before
-the per-word regular expressions decide, so that condition must hold for every matching name.
+of the normalised name. The SQL narrows rows with ``name_keys(structure, name) @> keys`` (the query's word prefixes,
+region-wide or behind the structure) before the per-word regular expressions decide, so that
+condition must hold for every matching name.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ def _prefixes(words: list[str]) -> list[str]:
     return sorted({w[:_PREFIX_MAX] for w in words if len(w) >= _PREFIX_MIN})
 
 
-async def test_prefixes_of_a_name(index_pool: asyncpg.Pool) -> None:
+async def test_keys_of_a_name(index_pool: asyncpg.Pool) -> None:
     got = await index_pool.fetchval(
-        "SELECT index.name_prefixes($1)", "LE GALL^JEAN CONSTANTINOPOLITAIN"
+        "SELECT index.name_keys('330000007', $1)", "LE GALL^JEAN CONSTANTINOPOLITAIN"
     )
-    assert set(got) == {
+    prefixes = {
         "LE", "GA", "GAL", "GALL", "JE", "JEA", "JEAN",
         *("CONSTANTINOPOLITAIN"[:n] for n in range(2, 13)),
     }  # fmt: skip
-    assert await index_pool.fetchval("SELECT index.name_prefixes(NULL)") is None
-    assert await index_pool.fetchval("SELECT index.name_prefixes('^A')") == []
+    assert set(got) == prefixes | {f"330000007:{p}" for p in prefixes}
+    assert await index_pool.fetchval("SELECT index.name_keys('1', NULL)") == []
+    assert await index_pool.fetchval("SELECT index.name_keys('1', '^A')") == []
 
 
 async def test_the_prefix_condition_holds_for_every_matching_name(
@@ -60,12 +62,14 @@ async def test_the_prefix_condition_holds_for_every_matching_name(
     matching = [(n, w) for n, w in cases if _rule(n, w)]
     assert len(matching) > 200  # the draw exercises the rule
     held = await index_pool.fetch(
-        "SELECT index.name_prefixes(n) @> p::text[] AS held"
-        " FROM unnest($1::text[], $2::text[]) AS t(n, p)",
+        "SELECT index.name_keys('330000007', n) @> p::text[] AS region,"
+        " index.name_keys('330000007', n) @> s::text[] AS structure"
+        " FROM unnest($1::text[], $2::text[], $3::text[]) AS t(n, p, s)",
         [n for n, _ in matching],
         ["{" + ",".join(_prefixes(w)) + "}" for _, w in matching],
+        ["{" + ",".join(f"330000007:{p}" for p in _prefixes(w)) + "}" for _, w in matching],
     )
-    assert all(r["held"] for r in held)
+    assert all(r["region"] and r["structure"] for r in held)
 
 
 _FAMILIES = ["MARTIN", "BERNARD", "THOMAS", "PETIT", "ROBERT", "RICHARD", "DURAND", "DUBOIS",
@@ -98,19 +102,26 @@ async def common_names(index_pool: asyncpg.Pool) -> asyncpg.Pool:
     return index_pool
 
 
-@pytest.mark.parametrize("actor", ["admin", "producer"])
-async def test_common_short_prefixes_read_the_prefix_index(
-    common_names: asyncpg.Pool, actor: str
+@pytest.mark.parametrize(
+    ("actor", "grants"), [("admin", False), ("producer", False), ("professional", True)]
+)
+async def test_common_short_prefixes_read_the_name_keys_index(
+    common_names: asyncpg.Pool, actor: str, grants: bool
 ) -> None:
-    who = (
-        Actor(sub="admin", role=RoleValues.ADMIN, issuer="t")
-        if actor == "admin"
-        else Actor(sub="ris", role=RoleValues.PRODUCER, issuer="t", structure="330000007")
-    )
+    who = {
+        "admin": Actor(sub="admin", role=RoleValues.ADMIN, issuer="t"),
+        "producer": Actor(sub="ris", role=RoleValues.PRODUCER, issuer="t", structure="330000007"),
+        "professional": Actor(sub="810000000001", role=RoleValues.PROFESSIONAL, issuer="t",
+                              structure="330000007"),
+    }[actor]  # fmt: skip
     params = [("PatientName", "marti jea"), ("fuzzymatching", "true"), ("limit", "1000")]
-    sql, args = build_qido_sql(QidoRequest(query=parse_qido("study", params), actor=who))
+    request = QidoRequest(query=parse_qido("study", params), actor=who)
+    sql, args = build_qido_sql(request, grants=grants)
+    # Region-wide keys for the admin, the structure's own for a structure's studies.
+    assert (["JEA", "MARTI"] in args) is (actor == "admin")
+    assert (["330000007:JEA", "330000007:MARTI"] in args) is (actor != "admin")
     plan = await common_names.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
-    assert "studies_name_prefix_idx" in plan
+    assert "studies_name_keys_idx" in plan
     assert "studies_patient_name_trgm_idx" not in plan
     # And the answer is the rule's, in result order.
     got = [r["StudyInstanceUID"] for r in await common_names.fetch(sql, *args)]
