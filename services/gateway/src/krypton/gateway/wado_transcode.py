@@ -124,12 +124,16 @@ class _Made:
     kept: asyncio.Task[None]
 
 
-def _transcode(source: bytes | Path, syntax: str) -> tuple[bytes, int | None]:
-    """In a CPU thread: the instance in `syntax` and the offset of its Pixel Data tag."""
+def _transcode(source: bytes | Path, syntax: str) -> bytes:
+    """In a CPU thread: the instance in `syntax`."""
     if isinstance(source, Path):
         source = source.read_bytes()  # one read, in this thread
-    data = transcode(source, syntax)
-    return data, read_header(data).pixel_data_offset
+    return transcode(source, syntax)
+
+
+def _pixel_data_offset(data: bytes) -> int | None:
+    """In a CPU thread: the file offset of the Pixel Data tag (frames read by range from it)."""
+    return read_header(data).pixel_data_offset
 
 
 class LocalTranscoder:
@@ -179,14 +183,16 @@ class LocalTranscoder:
         if found is None:
             return None
         response, data = found
-        if data is not None:
-            flight = self._flights.get(_memo(instance, syntax))
-            made = flight.result() if flight is not None and flight.done() else None
-            if isinstance(made, _Made):
-                await asyncio.shield(made.kept)
-            if known_transcoded(instance, syntax) is None:
-                raise WadoError(503, "the transcoded instance could not be stored; retry later")
-        return response
+        if data is None:
+            return response
+        flight = self._flights.get(_memo(instance, syntax))
+        made = flight.result() if flight is not None and flight.done() else None
+        if isinstance(made, _Made):
+            await asyncio.shield(made.kept)
+        kept = known_transcoded(instance, syntax)  # with its Pixel Data offset
+        if kept is None:
+            raise WadoError(503, "the transcoded instance could not be stored; retry later")
+        return kept
 
     def _flight(
         self, store: ObjectStore, instance: LocatedInstance, syntax: str
@@ -237,7 +243,7 @@ class LocalTranscoder:
             async with self._slots:
                 path = store.local_path(source_key)
                 source = path if path is not None else await store.read(source_key)
-                data, offset = await wado_pool.run(_transcode, source, syntax)
+                data = await wado_pool.run(_transcode, source, syntax)
         except (ObjectNotFound, FileNotFoundError):
             raise WadoError(404, "instance not found") from None
         except DecodeError as exc:
@@ -246,9 +252,8 @@ class LocalTranscoder:
             _log.warning("transcoding failed", sop=instance.sop_instance_uid, error=repr(exc))
             raise WadoError(406, "the instance cannot be transcoded") from None
         self.made += 1
-        response = TranscodeResponse(
-            status=200, object_key=target, size=len(data), pixel_data_offset=offset
-        )
+        # Readers of the whole instance need no Pixel Data offset: it is found while writing.
+        response = TranscodeResponse(status=200, object_key=target, size=len(data))
         kept = asyncio.create_task(_keep(store, instance, syntax, sidecar, data, response))
         return _Made(response, data, kept)
 
@@ -281,13 +286,17 @@ async def _keep(
 ) -> None:
     """Write the derived object, then its sidecar (which says it is complete); remember it.
 
-    A failure is logged: the bytes were answered already, the next reader transcodes again.
+    The sidecar's response has the Pixel Data offset. A failure is logged: the bytes were
+    answered already, the next reader transcodes again.
     """
-    assert response.object_key is not None
+    key = response.object_key
+    assert key is not None
     try:
-        await store.put_bytes(response.object_key, data)
+        offset = await wado_pool.run(_pixel_data_offset, data)
+        response = msgspec.structs.replace(response, pixel_data_offset=offset)
+        await store.put_bytes(key, data)
         await store.put_bytes(sidecar, msgspec.json.encode(response))
     except Exception as exc:
-        _log.warning("transcoded object not kept", key=response.object_key, error=repr(exc))
+        _log.warning("transcoded object not kept", key=key, error=repr(exc))
         return
     remember_transcoded(instance, syntax, response)
