@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -122,13 +123,15 @@ class _Made:
     response: TranscodeResponse
     data: bytes
     kept: asyncio.Task[None]
+    seconds: float  # spent in the CPU thread (read and transcode)
 
 
-def _transcode(source: bytes | Path, syntax: str) -> bytes:
-    """In a CPU thread: the instance in `syntax`."""
+def _transcode(source: bytes | Path, syntax: str) -> tuple[bytes, float]:
+    """In a CPU thread: the instance in `syntax`, and the seconds this took here."""
+    started = time.perf_counter()
     if isinstance(source, Path):
         source = source.read_bytes()  # one read, in this thread
-    return transcode(source, syntax)
+    return transcode(source, syntax), time.perf_counter() - started
 
 
 def _pixel_data_offset(data: bytes) -> int | None:
@@ -167,6 +170,8 @@ class LocalTranscoder:
         with timing.stage("transcode_here"):
             made = await asyncio.shield(self._flight(store, instance, syntax))
         if isinstance(made, _Made):
+            # The work itself, beside the stage that waited for it (thread hop, queue, reads).
+            timing.add("transcode_thread", made.seconds)
             return made.response, made.data
         return None if made is None else (made, None)
 
@@ -243,7 +248,7 @@ class LocalTranscoder:
             async with self._slots:
                 path = store.local_path(source_key)
                 source = path if path is not None else await store.read(source_key)
-                data = await wado_pool.run(_transcode, source, syntax)
+                data, seconds = await wado_pool.run(_transcode, source, syntax)
         except (ObjectNotFound, FileNotFoundError):
             raise WadoError(404, "instance not found") from None
         except DecodeError as exc:
@@ -255,7 +260,7 @@ class LocalTranscoder:
         # Readers of the whole instance need no Pixel Data offset: it is found while writing.
         response = TranscodeResponse(status=200, object_key=target, size=len(data))
         kept = asyncio.create_task(_keep(store, instance, syntax, sidecar, data, response))
-        return _Made(response, data, kept)
+        return _Made(response, data, kept, seconds)
 
 
 def _memo(instance: LocatedInstance, syntax: str) -> _Memo:
