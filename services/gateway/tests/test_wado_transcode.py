@@ -232,6 +232,12 @@ async def test_slow_targets_and_big_instances_go_to_the_render_service(tmp_path:
         }
     )
     assert not transcodes_here(many_frames, JPEGLSLossless)
+    rle = await _stored(store, transcode(_original(), RLELossless), RLELossless)
+    assert transcodes_here(rle, ExplicitVRLittleEndian)
+    big_frames = LocatedInstance(
+        **{**{f: getattr(rle, f) for f in rle.__struct_fields__}, "rows": 2048, "columns": 2048}
+    )
+    assert not transcodes_here(big_frames, ExplicitVRLittleEndian)  # its decoder keeps the GIL
     assert await LocalTranscoder().transcode(store, instance, RLELossless) is None
 
 

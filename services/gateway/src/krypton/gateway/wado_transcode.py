@@ -9,16 +9,18 @@ the bytes at once and writes the derived object and its sidecar afterwards, unde
 the service uses (`storage.keys.transcoded_key`), so both find each other's results and the next
 read is the stored object.
 
-Which pairs, by figures (512x512 16-bit CT, one thread, with an event loop ticking beside it;
-"stall" is the longest the loop waited for the GIL):
+Which pairs, by figures (`benchmarks/transcode_codecs.py`: 512x512 16-bit CT, one thread,
+with an event loop ticking beside it; "stall" is the longest the loop waited for the GIL):
 
-- sources: uncompressed (deflated too, when the size of its pixels is known), RLE (4 ms,
-  pylibjpeg-rle), JPEG-LS (CharLS through imagecodecs, releases the GIL), HTJ2K (OpenJPH, 3-5
-  ms), JPEG baseline (8-bit, 12 ms, the loop kept ticking); JPEG 2000 only from the HTJ2K
-  lossless copy the render service precomputes (4.6 ms): its own decoder (pylibjpeg-openjpeg)
-  holds the GIL for the whole decode (65-80 ms), which would stall every request of the gateway.
-- targets: Explicit VR Little Endian, JPEG-LS and HTJ2K lossless (imagecodecs, GIL released),
-  JPEG baseline (simplejpeg). RLE (pydicom's encoder holds the GIL ~30 ms) and JPEG 2000
+- sources: uncompressed (deflated too, when the size of its pixels is known), JPEG-LS (CharLS
+  through imagecodecs, releases the GIL), HTJ2K (OpenJPH, 3-5 ms, releases it); RLE
+  (pylibjpeg-rle, 4 ms) and JPEG baseline (pylibjpeg-libjpeg) keep the GIL for a whole frame
+  (RLE 2048x2048: 40-60 ms of a 92 ms transcode; JPEG 2048x2048: ~400 ms), so they are done
+  here only for frames up to `_GIL_FRAME_BYTES` (a 512x512 slice: a few ms); JPEG 2000 only
+  from the HTJ2K lossless copy the render service precomputes (4.6 ms): its own decoder
+  (pylibjpeg-openjpeg) holds the GIL for the whole decode (65-120 ms).
+- targets: Explicit VR Little Endian, JPEG-LS and HTJ2K lossless (imagecodecs), JPEG baseline
+  (simplejpeg): all release the GIL. RLE (pydicom's encoder holds the GIL ~30 ms) and JPEG 2000
   (OpenJPEG, ~110 ms) are still made by the render service, as is anything bigger than
   `_MAX_BYTES` of pixels or source.
 
@@ -82,8 +84,12 @@ FROM: Final = NATIVE | {
 FROM_COPY: Final = frozenset({JPEG2000Lossless, JPEG2000})
 #: Syntaxes written here.
 TO: Final = frozenset({ExplicitVRLittleEndian, JPEGLSLossless, HTJ2KLossless, JPEGBaseline8Bit})
+#: Stored syntaxes whose decoder keeps the GIL for a whole frame: here for small frames only.
+GIL_HOLDERS: Final = frozenset({RLELossless, JPEGBaseline8Bit})
 # Bigger sources, or pixels bigger than this once decoded, go to the render service.
 _MAX_BYTES: Final = 32 * 1024 * 1024
+# Largest decoded frame of a `GIL_HOLDERS` source done here (a 512x1024 16-bit frame).
+_GIL_FRAME_BYTES: Final = 1024 * 1024
 _COLOUR: Final = ("RGB", "YBR", "PALETTE")  # photometric prefixes of 3-sample pixels once decoded
 
 _Memo = tuple[str, str, str]
@@ -110,6 +116,9 @@ def transcodes_here(instance: LocatedInstance, syntax: str) -> bool:
     if instance.size > _MAX_BYTES:
         return False
     pixels = _pixel_bytes(instance)
+    if source in GIL_HOLDERS:
+        frames = max(instance.number_of_frames or 1, 1)
+        return pixels is not None and pixels // frames <= _GIL_FRAME_BYTES
     if pixels is None:
         # A deflated data set without known pixel dimensions inflates to an unknown size.
         return source != DeflatedExplicitVRLittleEndian
