@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -596,20 +597,25 @@ async def run(args: argparse.Namespace, studies: list[Study]) -> dict[str, Any]:
                 groups=lambda: platform_groups(platform),
                 floor_url=f"{platform.base_url}/healthz",
             )
-            async with Orthanc(Path(tmp) / "orthanc") as orthanc:
-                assert orthanc.process is not None
-                orthanc_process = orthanc.process
-                reference = Server(
-                    name="orthanc",
-                    url=orthanc.url,
-                    auth={},
-                    groups=lambda: {
-                        "orthanc": [orthanc_process],
-                        "client": [psutil.Process(os.getpid())],
-                    },
-                    floor_url=f"{orthanc.root}/system",
-                )
-                log(f"loading {total} instances into both servers")
+            async with contextlib.AsyncExitStack() as stack:
+                servers = [krypton]
+                orthanc: Orthanc | None = None
+                if not args.no_orthanc:
+                    orthanc = await stack.enter_async_context(Orthanc(Path(tmp) / "orthanc"))
+                    assert orthanc.process is not None
+                    orthanc_process = orthanc.process
+                    reference = Server(
+                        name="orthanc",
+                        url=orthanc.url,
+                        auth={},
+                        groups=lambda: {
+                            "orthanc": [orthanc_process],
+                            "client": [psutil.Process(os.getpid())],
+                        },
+                        floor_url=f"{orthanc.root}/system",
+                    )
+                    servers.append(reference)
+                log(f"loading {total} instances into {len(servers)} server(s)")
                 async with httpx.AsyncClient(
                     timeout=300.0, headers={"Accept-Encoding": "identity"}
                 ) as client:
@@ -617,24 +623,27 @@ async def run(args: argparse.Namespace, studies: list[Study]) -> dict[str, Any]:
                     acked_k = [await stow(client, krypton.url, producer, s) for s in studies]
                     stow_k = time.perf_counter() - t
                     t = time.perf_counter()
-                    acked_o = [await stow(client, orthanc.url, {}, s) for s in studies]
+                    acked_o = [await stow(client, orthanc.url, {}, s) for s in studies if orthanc]
                     stow_o = time.perf_counter() - t
                 ready = await wait_krypton_ready(platform, total, timeout=args.ready_timeout)
                 log(f"Krypton ready: {ready}")
                 result["load"] = {
                     "instances": total,
                     "krypton_acked": sum(acked_k),
-                    "orthanc_acked": sum(acked_o),
                     "krypton_stow_s": round(stow_k, 2),
-                    "orthanc_stow_s": round(stow_o, 2),
                     "krypton_ready": ready,
-                    "orthanc_instances": await orthanc.count_instances(),
                 }
-                reference.instance_accept = await orthanc_accept(orthanc, ct)
-                result["orthanc_instance_accept"] = reference.instance_accept
+                if orthanc is not None:
+                    result["load"].update(
+                        orthanc_acked=sum(acked_o),
+                        orthanc_stow_s=round(stow_o, 2),
+                        orthanc_instances=await orthanc.count_instances(),
+                    )
+                    reference.instance_accept = await orthanc_accept(orthanc, ct)
+                    result["orthanc_instance_accept"] = reference.instance_accept
                 result["load_average"] = {"before": os.getloadavg()}
                 profiler = Profiler(args.profile, platform) if args.profile else None
-                result.update(await measure([krypton, reference], ct, codecs, args.requests))
+                result.update(await measure(servers, ct, codecs, args.requests))
                 if profiler is not None:
                     result["profile"] = await profiler.stop()
                 result["load_average"]["after"] = os.getloadavg()
@@ -655,7 +664,7 @@ def table_rows(result: dict[str, Any]) -> list[list[object]]:
     rows: list[list[object]] = []
     for name, by_c in result["krypton"].items():
         for c, k in by_c.items():
-            o = result["orthanc"].get(name, {}).get(c, {})
+            o = result.get("orthanc", {}).get(name, {}).get(c, {})
             ok = not o.get("errors") and o.get("count")
             rows.append(
                 [
@@ -699,7 +708,7 @@ def report(result: dict[str, Any]) -> None:
     print(f"\nMachine: {machine_line(result['machine'])}")
     print(f"Load: {result['load']}")
     print(f"Load average (1, 5, 15 min): {result['load_average']}")
-    print(f"Orthanc instance Accept: {result['orthanc_instance_accept']}")
+    print(f"Orthanc instance Accept: {result.get('orthanc_instance_accept', 'not run')}")
     print(f"Render work in-process, one frame (p50 ms): {result['direct_render']}\n")
     print_table(HEADERS, table_rows(result))
     print("\nTranscode to Explicit VR Little Endian vs calling the codec directly (1 client):")
@@ -772,7 +781,11 @@ def report(result: dict[str, Any]) -> None:
             [
                 name,
                 *(by_c["8"]["cpu_ms_per_request"].get(p, 0.0) for p in procs),
-                result["orthanc"][name]["8"]["cpu_ms_per_request"].get("orthanc", 0.0),
+                result.get("orthanc", {})
+                .get(name, {})
+                .get("8", {})
+                .get("cpu_ms_per_request", {})
+                .get("orthanc", 0.0),
             ]
             for name, by_c in result["krypton"].items()
         ],
@@ -787,7 +800,7 @@ def plot(result: dict[str, Any], name: str = NAME) -> Path:
     for ax, c in zip(axes, ("1", "8"), strict=True):
         ys = range(len(names))
         k = [result["krypton"][n][c]["p99_ms"] for n in names]
-        o = [result["orthanc"][n][c].get("p99_ms") or 0.0 for n in names]
+        o = [result.get("orthanc", {}).get(n, {}).get(c, {}).get("p99_ms") or 0.0 for n in names]
         ax.barh([y - 0.2 for y in ys], k, height=0.4, label="Krypton")
         ax.barh([y + 0.2 for y in ys], o, height=0.4, label="Orthanc")
         ax.set_xscale("log")
@@ -817,6 +830,11 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--ready-timeout", type=float, default=240.0)
     parser.add_argument("--name", default=NAME, help="results file name")
+    parser.add_argument(
+        "--no-orthanc",
+        action="store_true",
+        help="measure Krypton alone (no reference server: K/O columns stay n/a)",
+    )
     args = parser.parse_args(argv)
     args.requests = args.requests or args.slices
 

@@ -25,8 +25,10 @@ __all__ = [
     "derived_prefix",
     "instance_key",
     "quarantine_key",
+    "sidecar_key",
     "staging_key",
     "study_prefix",
+    "transcoded_key",
     "validate_key",
     "validate_prefix",
 ]
@@ -148,6 +150,23 @@ def derived_key(kind: str, study_uid: str, series_uid: str, sop_uid: str, suffix
         f"derived/{_uid(study_uid, 'study UID')}/{_uid(series_uid, 'series UID')}"
         f"/{_uid(sop_uid, 'SOP instance UID')}/{_name(kind, 'kind')}.{_name(suffix, 'suffix')}"
     )
+
+
+def transcoded_key(syntax: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Key of an instance transcoded to `syntax`: `derived/<study>/<series>/<sop>/ts-<syntax>.dcm`.
+
+    Written by whoever transcodes (the render service, or the gateway for the fast codecs),
+    read by both: one derived object per instance and syntax.
+    """
+    return derived_key(f"ts-{syntax}", study_uid, series_uid, sop_uid, "dcm")
+
+
+def sidecar_key(key: str) -> str:
+    """Key of the JSON sidecar of a transcoded object (`….json` beside `….dcm`).
+
+    The sidecar is written after the object: its presence means the object is complete.
+    """
+    return key.removesuffix(".dcm") + ".json"
 
 
 def study_prefix(study_uid: str) -> str:

@@ -16,6 +16,7 @@ from krypton.contracts.ingest.v1 import IngestResult
 from krypton.core.settings import KryptonSettings
 from krypton.gateway.limits import IngestBacklog, RateLimiter
 from krypton.gateway.wado_cache import BodyCache, LocateCache
+from krypton.gateway.wado_transcode import LocalTranscoder
 from krypton.storage.base import ObjectStore
 
 __all__ = ["GatewayContext", "VerdictWaiter"]
@@ -72,6 +73,8 @@ class GatewayContext:
     locates: LocateCache = field(default_factory=LocateCache)
     rendered: BodyCache = field(default_factory=lambda: BodyCache(64 * 1024**2))
     metadata: BodyCache = field(default_factory=lambda: BodyCache(32 * 1024**2))
+    # Transcoding of the fast codecs in this process (wado_transcode).
+    transcoder: LocalTranscoder = field(default_factory=LocalTranscoder)
     # Limits (issue 9), built from the settings when not given.
     rate_limiter: RateLimiter | None = None
     ingest_backlog: IngestBacklog | None = None

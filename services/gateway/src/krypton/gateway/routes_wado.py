@@ -3,9 +3,10 @@
 Every route authenticates, then asks the index where the instances are (`svc.index.locate`,
 which applies the caller's access rule: hidden and missing look the same, 404; answers are kept
 a short while per caller, `wado_cache.LocateCache`). Bytes come from the object store (a
-single instance or frame read straight into the answer, `wado_read`); transcoding is asked of
-the render service over NATS, and so is rendering, except for the frames of uncompressed and
-HTJ2K instances, which the gateway renders itself (`wado_render`).
+single instance or frame read straight into the answer, `wado_read`). Transcoding between
+syntaxes with fast codecs is done by the gateway itself (`wado_transcode`), other pairs are
+asked of the render service over NATS; so is rendering, except for the frames of uncompressed
+and HTJ2K instances, which the gateway renders itself (`wado_render`).
 
 Conformance choices:
 - Instances are served in their original transfer syntax when the request names none (and for
@@ -53,6 +54,7 @@ from krypton.contracts.render.v1 import (
     VoiFunctionValues,
     Window,
 )
+from krypton.contracts.transcode.v1 import TranscodeResponse
 from krypton.core.logging import get_logger
 from krypton.dicom.codecs import (
     OCTET_STREAM,
@@ -218,6 +220,19 @@ def _base_url(request: Request, ctx: GatewayContext) -> str:
 # --- Instances (multipart/related; type="application/dicom") ---
 
 
+async def _transcoded(
+    ctx: GatewayContext, instance: LocatedInstance, syntax: str
+) -> tuple[TranscodeResponse, bytes | None]:
+    """The instance in `syntax`: made here for the fast codecs, else by the render service.
+
+    With the bytes when they were just made (served as they are while they are stored).
+    """
+    here = await ctx.transcoder.transcode(ctx.store, instance, syntax)
+    if here is not None:
+        return here
+    return await transcode_inline(ctx, instance, syntax)
+
+
 def _wanted_syntax(ranges: list[MediaRange], instances: Sequence[LocatedInstance]) -> str | None:
     """The transfer syntax to serve (None: each instance's original), or a 406."""
     for r in ranges:
@@ -286,7 +301,7 @@ async def _retrieve(
         """(object key or bytes just transcoded, transfer syntax, size) of the instance's part."""
         if wanted is None or wanted == instance.transfer_syntax_uid:
             return instance.object_key, instance.transfer_syntax_uid, instance.size
-        derived, data = await transcode_inline(ctx, instance, wanted)
+        derived, data = await _transcoded(ctx, instance, wanted)
         if data is not None:  # just made: served as it is while the service stores it
             return data, wanted, len(data)
         assert derived.object_key is not None
@@ -526,7 +541,9 @@ async def _frames(
     )
     needs_le = not passthrough and syntax not in (ExplicitVRLittleEndian, "1.2.840.10008.1.2")
     if needs_le or offset is None:
-        derived = await transcode(ctx, instance, ExplicitVRLittleEndian)
+        derived = await ctx.transcoder.stored(ctx.store, instance, ExplicitVRLittleEndian)
+        if derived is None:
+            derived = await transcode(ctx, instance, ExplicitVRLittleEndian)
         assert derived.object_key is not None
         key, offset, size, syntax = (
             derived.object_key,

@@ -15,9 +15,6 @@ frame asked for, or rendered by the service when the store has no local files (S
 
 from __future__ import annotations
 
-import asyncio
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -29,7 +26,7 @@ from krypton.core.logging import get_logger
 from krypton.dicom.codecs import NATIVE
 from krypton.dicom.pixels import DecodeError
 from krypton.dicom.rendering import render_frame
-from krypton.gateway import timing
+from krypton.gateway import timing, wado_pool
 from krypton.gateway.wado_services import WadoError
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
@@ -46,9 +43,6 @@ _HERE: Final = (NATIVE - {DeflatedExplicitVRLittleEndian}) | {
 }
 # Instances up to this size are read whole; bigger ones are read frame by frame by pydicom.
 _READ_WHOLE: Final = 8 * 1024 * 1024
-# Its own threads (not the default executor, which reads files for every request): at most
-# one rendering per core at a time, the others wait their turn here.
-_threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="render")
 
 
 def renders_here(store: ObjectStore, instance: LocatedInstance) -> bool:
@@ -80,9 +74,8 @@ async def render_here(
             source: bytes | Path = (
                 path if path is not None else await store.read(request.object_key)
             )
-            body = await asyncio.get_running_loop().run_in_executor(
-                _threads, _render, source, request, whole
-            )
+            # The gateway's CPU threads (`wado_pool`), shared with transcoding in place.
+            body = await wado_pool.run(_render, source, request, whole)
         except (ObjectNotFound, FileNotFoundError):
             raise WadoError(404, "instance not found") from None
         except DecodeError as exc:

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 from collections import OrderedDict
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 
@@ -18,14 +18,18 @@ from krypton.contracts.render.v1 import RenderRequest
 from krypton.contracts.transcode.v1 import INLINE_HEADER, TranscodeRequest, TranscodeResponse
 from krypton.core.logging import get_logger
 from krypton.gateway import timing
-from krypton.gateway.context import GatewayContext
 from krypton.gateway.wado_cache import ScopeKey
+
+if TYPE_CHECKING:  # annotations only: the context holds a `wado_transcode`, which imports this
+    from krypton.gateway.context import GatewayContext
 
 __all__ = [
     "ServiceUnavailableError",
     "WadoError",
     "forget_transcoded",
+    "known_transcoded",
     "locate",
+    "remember_transcoded",
     "render",
     "transcode",
     "transcode_inline",
@@ -216,6 +220,24 @@ def forget_transcoded(instance: LocatedInstance, syntax: str) -> None:
     _transcoded.pop((instance.sha256, instance.object_key, syntax), None)
 
 
+def known_transcoded(instance: LocatedInstance, syntax: str) -> TranscodeResponse | None:
+    """The stored derived object of `instance` in `syntax` when this process knows it."""
+    memo = (instance.sha256, instance.object_key, str(syntax))
+    known = _transcoded.get(memo)
+    if known is not None:
+        _transcoded.move_to_end(memo)
+    return known
+
+
+def remember_transcoded(
+    instance: LocatedInstance, syntax: str, response: TranscodeResponse
+) -> None:
+    """Remember a derived object that is stored (complete, its sidecar written)."""
+    _transcoded[(instance.sha256, instance.object_key, str(syntax))] = response
+    while len(_transcoded) > _TRANSCODED_MAX:
+        _transcoded.popitem(last=False)
+
+
 async def _transcode(
     ctx: GatewayContext, instance: LocatedInstance, syntax: str, *, inline: bool
 ) -> tuple[TranscodeResponse, bytes | None]:
@@ -225,10 +247,8 @@ async def _transcode(
         WadoError: the syntax cannot be produced for this instance (406) or it is gone (404).
         ServiceUnavailableError: the transcode service did not answer.
     """
-    memo = (instance.sha256, instance.object_key, str(syntax))
-    known = _transcoded.get(memo)
+    known = known_transcoded(instance, syntax)
     if known is not None:
-        _transcoded.move_to_end(memo)
         timing.add("transcode_known", 0.0)
         return known, None
     request = TranscodeRequest(
@@ -257,9 +277,7 @@ async def _transcode(
     if response.status != 200 or response.object_key is None:
         raise WadoError(response.status, response.reason or "cannot transcode")
     if data is None:  # stored (bytes just made are still being written: not known yet)
-        _transcoded[memo] = response
-        while len(_transcoded) > _TRANSCODED_MAX:
-            _transcoded.popitem(last=False)
+        remember_transcoded(instance, syntax, response)
     return response, data
 
 

@@ -53,7 +53,7 @@ from krypton.dicom.pixels import DecodeError, transcode
 from krypton.dicom.rendering import render_frame
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
-from krypton.storage.keys import derived_key
+from krypton.storage.keys import derived_key, sidecar_key, transcoded_key
 
 __all__ = ["PRECOMPUTE_HTJ2K_FROM", "RenderCache", "RenderResult", "Worker", "thumbnail_request"]
 
@@ -404,7 +404,7 @@ def _uids(study: str | None, series: str | None, sop: str | None) -> tuple[str, 
 
 
 def _transcoded_key(syntax: str, study: str, series: str, sop: str) -> str:
-    return derived_key(f"ts-{syntax}", study, series, sop, "dcm")
+    return transcoded_key(syntax, study, series, sop)  # shared with the gateway
 
 
 def _htj2k_key(study: str, series: str, sop: str) -> str:
@@ -412,7 +412,7 @@ def _htj2k_key(study: str, series: str, sop: str) -> str:
 
 
 def _sidecar(key: str) -> str:
-    return key.removesuffix(".dcm") + ".json"
+    return sidecar_key(key)
 
 
 def _thumbnail_key(study: str, series: str, sop: str) -> str:
