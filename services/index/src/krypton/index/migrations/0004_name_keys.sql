@@ -14,7 +14,7 @@
 -- a structure's name search cheap. The per-word regular expressions still decide (words of
 -- one letter or of more than 12, exact semantics).
 
-CREATE FUNCTION index.name_keys(structure text, name text) RETURNS text[]
+CREATE OR REPLACE FUNCTION index.name_keys(structure text, name text) RETURNS text[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN ARRAY(
         SELECT k
@@ -23,5 +23,8 @@ CREATE FUNCTION index.name_keys(structure text, name text) RETURNS text[]
                LATERAL (VALUES (left(w, n)), (structure || ':' || left(w, n))) AS keys (k)
     );
 
-CREATE INDEX studies_name_keys_idx
+-- Building it takes long on a large archive (22 min and 2.0 GB for 18M studies on 2 busy cores) and
+-- blocks writes to the studies meanwhile: on a live platform, create the function and
+-- `CREATE INDEX CONCURRENTLY studies_name_keys_idx ...` by hand first; this then skips it.
+CREATE INDEX IF NOT EXISTS studies_name_keys_idx
     ON index.studies USING gin (index.name_keys(structure, patient_name_search));
