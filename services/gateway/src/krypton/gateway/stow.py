@@ -68,14 +68,11 @@ class _PartSink:
     # verifies and syncs it before any verdict, see the module doc): no queue, task or thread.
     writer: VolatileWriter | None = None
 
-    async def start(self) -> None:
+    def start(self) -> None:
         store = self.ctx.store
         key = staging_key(self.upload_id)
         if isinstance(store, FileSystemStore):
-            # In a worker thread: creating a file costs the kernel 0.4-1 ms on the benchmark
-            # host (ext4 without a journal skips recently freed inodes one by one), time in
-            # which the loop serves the other requests and the NATS replies they wait for.
-            self.writer = await asyncio.to_thread(store.open_volatile, key)
+            self.writer = store.open_volatile(key)
             return
         self.task = asyncio.create_task(store.put_stream(key, self._chunks()))
 
@@ -88,9 +85,7 @@ class _PartSink:
         if self.size > self.limit:
             raise PartTooLargeError
         if self.writer is not None:
-            # The page-cache copy and the SHA-256 release the GIL: in a worker thread they run
-            # beside the loop. `data` (a view of an immutable chunk) is not used meanwhile.
-            await asyncio.to_thread(self.writer.write, data)
+            self.writer.write(data)
             return
         assert self.task is not None
         if self.task.done():  # the store failed: surface its error now
@@ -267,7 +262,7 @@ async def _read_multipart(request: Request, ctx: GatewayContext, boundary: bytes
                     staged.append(current)
                     if _is_dicom(value.get(b"content-type")):
                         sink = _PartSink(ctx, current.upload_id, limit)
-                        await sink.start()
+                        sink.start()
                     else:
                         sink = None
                         current.failure = (
@@ -313,7 +308,7 @@ async def _read_single(request: Request, ctx: GatewayContext) -> _Staged:
     current = _Staged(upload_id=uuid.uuid4().hex)
     sink = _PartSink(ctx, current.upload_id, ctx.settings.max_instance_bytes)
     try:
-        await sink.start()
+        sink.start()
         async for chunk in request.stream():
             if chunk:
                 await sink.feed(chunk)
