@@ -310,5 +310,72 @@ async def test_fast_and_full_header_paths_store_the_same_attributes_in_one_batch
             expected.instance,
         )
         assert stored.pixel_data_offset == header.pixel_data_offset
-    assert results[1].stored is not None
-    assert results[1].stored.patient.key.startswith("INS:")
+    second = results[1]
+    assert isinstance(second, Outcome)
+    assert second.stored is not None
+    assert second.stored.patient.key.startswith("INS:")
+
+
+class _GatedPool:
+    """A pool whose verdict query waits for `gate`, or fails with `error` (all else as is)."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, gate: asyncio.Event, error: Exception | None = None
+    ) -> None:
+        self._pool = pool
+        self._gate = gate
+        self._error = error
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        if "from ingest.uploads" in query:
+            await asyncio.wait_for(self._gate.wait(), 5.0)
+            if self._error is not None:
+                raise self._error
+        rows: list[asyncpg.Record] = await self._pool.fetch(query, *args)
+        return rows
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pool, name)
+
+
+async def test_the_verdict_query_runs_while_the_staged_files_are_synced(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = f"{ROOT}.{next(_uids)}"
+    events = [await rig.stage(_dicom(study, f"{study}.1.{i}")) for i in range(2)]
+    syncing = asyncio.Event()
+    real_sync = rig.store.sync
+
+    async def sync(keys: list[str]) -> list[Exception | None]:
+        syncing.set()
+        return await real_sync(keys)
+
+    monkeypatch.setattr(rig.store, "sync", sync)
+    # The query answers only once the fsyncs have started: one after the other would hang.
+    pool: asyncpg.Pool = _GatedPool(rig.pool, syncing)  # type: ignore[assignment]
+    pipeline = IngestPipeline(pool, rig.store, rig.js)
+
+    results = await asyncio.wait_for(pipeline.process_many(events), 10.0)
+
+    assert [_ok(r).ok for r in results] == [True, True]
+
+
+async def test_a_failing_verdict_query_fails_the_batch_and_records_nothing(rig: Rig) -> None:
+    study = f"{ROOT}.{next(_uids)}"
+    events = [await rig.stage(_dicom(study, f"{study}.1.{i}")) for i in range(2)]
+    opened = asyncio.Event()
+    opened.set()
+    down = asyncpg.exceptions.ConnectionDoesNotExistError("connection lost")
+    pool: asyncpg.Pool = _GatedPool(rig.pool, opened, down)  # type: ignore[assignment]
+    pipeline = IngestPipeline(pool, rig.store, rig.js)
+
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+        await pipeline.process_many(events)
+
+    recorded = await rig.pool.fetchval(
+        "select count(*) from ingest.uploads where staging_key = any($1::text[])",
+        [e.staging_key for e in events],
+    )
+    assert recorded == 0
+    # The staged files are still there: the redelivered batch stores them.
+    assert [_ok(r).ok for r in await rig.pipeline.process_many(events)] == [True, True]

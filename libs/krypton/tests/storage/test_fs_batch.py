@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from krypton.storage.errors import ObjectNotFound
+from krypton.storage import fs as fs_module
+from krypton.storage.errors import ObjectNotFound, StorageUnavailable
 from krypton.storage.fs import FileSystemStore
 
 
@@ -104,3 +108,76 @@ async def test_sync_makes_objects_durable_and_reports_each_missing_one_alone(
     assert results[0] is None
     assert isinstance(results[1], ObjectNotFound)
     assert await store.read("staging/a") == b"a"
+
+
+async def test_sync_fsyncs_the_files_of_a_batch_concurrently_each_with_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileSystemStore(tmp_path)
+    for name in ("a", "b", "c", "d"):
+        await store.put_bytes(f"staging/{name}", name.encode())
+    in_flight = 0
+    most = 0
+    lock = threading.Lock()
+    real = fs_module._fsync_file
+
+    def slow_fsync(path: Path) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            time.sleep(0.05)
+            if path.name == "c":
+                raise OSError(errno.EIO, "input/output error")
+            real(path)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(fs_module, "_fsync_file", slow_fsync)
+
+    results = await store.sync(["staging/a", "staging/b", "staging/c", "staging/d"])
+
+    assert most > 1  # not one after the other
+    assert results[0] is None
+    assert results[1] is None
+    assert isinstance(results[2], StorageUnavailable)
+    assert results[3] is None
+
+
+async def test_move_many_with_sync_data_fsyncs_concurrently_and_still_moves_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileSystemStore(tmp_path)
+    for name in ("a", "b", "c"):
+        await store.put_bytes(f"staging/{name}", name.encode())
+    in_flight = 0
+    most = 0
+    lock = threading.Lock()
+    real = fs_module._fsync_file
+
+    def slow_fsync(path: Path) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            time.sleep(0.05)
+            real(path)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(fs_module, "_fsync_file", slow_fsync)
+
+    results = await store.move_many(
+        [(f"staging/{n}", f"dicom/1/{n}.dcm") for n in ("a", "b", "c")]
+        + [("staging/missing", "dicom/1/m.dcm")],
+        sync_data=True,
+    )
+
+    assert most > 1
+    assert results[:3] == [None, None, None]
+    assert isinstance(results[3], ObjectNotFound)
+    assert await store.read("dicom/1/b.dcm") == b"b"

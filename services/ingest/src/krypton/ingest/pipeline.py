@@ -22,7 +22,8 @@ SHA-256 is recomputed only when a crash may have happened since staging: an even
 host's current boot (`IngestReceived.staged_boot_id`) is read from a page cache that nothing has
 lost (killed processes do not lose it; a kernel crash or power cut reboots), so its size is
 checked and the gateway's hash, computed while writing, stands. The fsync of the batch's staged
-files runs while their headers are parsed.
+files (concurrent, see `FileSystemStore.sync`) and the query for earlier verdicts run while the
+headers are parsed.
 """
 
 from __future__ import annotations
@@ -120,23 +121,35 @@ class IngestPipeline:
         or each upload alone to isolate a bad one.
         """
         results: list[Outcome | Exception | None] = [None] * len(events)
-        previous = {
-            row["staging_key"]: row
-            for row in await self._pool.fetch(
+        # The query for earlier verdicts, the reading and parsing of the staged files and their
+        # fsync run together: they are independent, and the batch waits for the slowest only.
+        # An upload that turns out to have a verdict already (redelivered after a crash, rare)
+        # was examined and synced for nothing, which is harmless; its recorded verdict stands.
+        local = list(range(len(events))) if isinstance(self._store, FileSystemStore) else []
+        query = asyncio.ensure_future(
+            self._pool.fetch(
                 "select * from ingest.uploads where staging_key = any($1::text[])",
                 [e.staging_key for e in events],
             )
-        }
+        )
+        try:
+            examined_all, synced_list = await asyncio.gather(
+                self._examine_all(events), self._sync([events[i].staging_key for i in local])
+            )
+        except BaseException:
+            query.cancel()
+            raise
+        previous = {row["staging_key"]: row for row in await query}
         resumed = [i for i, e in enumerate(events) if e.staging_key in previous]
         fresh = [i for i, e in enumerate(events) if e.staging_key not in previous]
-        # The staged files are made durable while they are parsed (fsync waits on the disk and
-        # holds no lock); a file refused meanwhile is synced for nothing, which is harmless.
-        local = fresh if isinstance(self._store, FileSystemStore) else []
-        examined, synced_list = await asyncio.gather(
-            self._examine_all([events[i] for i in fresh]),
-            self._sync([events[i].staging_key for i in local]),
-        )
-        synced = dict(zip(local, synced_list, strict=True))
+        examined = [examined_all[i] for i in fresh]
+        # The gateway staged without fsync: the bytes just checked are durable before any
+        # verdict is recorded, so a recorded verdict never points at a torn file.
+        synced = {
+            i: error
+            for i, error in zip(local, synced_list, strict=True)
+            if events[i].staging_key not in previous
+        }
         claims: list[_Claim] = []
         rejects: list[tuple[int, DicomRejection, InstanceStored | None, bool]] = []
         for i, found in zip(fresh, examined, strict=True):
@@ -153,8 +166,6 @@ class IngestPipeline:
             else:
                 results[i] = found
         if synced:
-            # The gateway staged without fsync: the bytes just checked are durable before any
-            # verdict is recorded, so a recorded verdict never points at a torn file.
             for c in claims:
                 error = synced.get(c.index)
                 if error is not None:

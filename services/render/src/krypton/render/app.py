@@ -7,6 +7,7 @@ Run it with ``krypton run render`` (``python -m krypton.render``).
 
 A durable consumer (``render``) of ``instance.stored`` precomputes each new instance's
 thumbnail and HTJ2K lossless copy (`RenderSettings` policy); replicas share its messages.
+Precompute waits while ingest has uploads in hand (`krypton.render.ingest_gate`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from krypton.contracts.render.v1 import RenderRequest
 from krypton.contracts.transcode.v1 import INLINE_HEADER, INLINE_MAX_BYTES, TranscodeRequest
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
+from krypton.render.ingest_gate import IngestGate, ingest_depth
 from krypton.render.settings import RenderSettings
 from krypton.render.worker import Worker
 from krypton.storage.factory import open_store
@@ -64,10 +66,19 @@ def build_app(
         js = nc.jetstream()
         await streams.provision(js, replicas=settings.stream_replicas)
 
+        gate = (
+            IngestGate(ingest_depth(js), quiet=policy.precompute_ingest_quiet)
+            if policy.precompute_waits_for_ingest
+            else None
+        )
+
         async def precompute(events: Sequence[InstanceStored]) -> None:
             # One at a time: the decoding threads are shared with live requests, which the
-            # worker's semaphore lets in between two instances.
+            # worker's semaphore lets in between two instances. Each waits while ingest has
+            # uploads in hand (the consumer's heartbeats keep the batch claimed meanwhile).
             for event in events:
+                if gate is not None:
+                    await gate.wait()
                 await worker.precompute(event)
 
         consumer = BatchConsumer(
