@@ -110,25 +110,21 @@ async def test_sync_makes_objects_durable_and_reports_each_missing_one_alone(
     assert await store.read("staging/a") == b"a"
 
 
-async def test_sync_fsyncs_the_files_of_a_batch_concurrently_each_with_its_own_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = FileSystemStore(tmp_path)
-    for name in ("a", "b", "c", "d"):
-        await store.put_bytes(f"staging/{name}", name.encode())
+def _slow_fsyncs(monkeypatch: pytest.MonkeyPatch, failing: str | None = None) -> list[int]:
+    """Make each file fsync take 50 ms (`failing` raises EIO); the list holds the most at once."""
+    most = [0]
     in_flight = 0
-    most = 0
     lock = threading.Lock()
     real = fs_module._fsync_file
 
     def slow_fsync(path: Path) -> None:
-        nonlocal in_flight, most
+        nonlocal in_flight
         with lock:
             in_flight += 1
-            most = max(most, in_flight)
+            most[0] = max(most[0], in_flight)
         try:
             time.sleep(0.05)
-            if path.name == "c":
+            if path.name == failing:
                 raise OSError(errno.EIO, "input/output error")
             real(path)
         finally:
@@ -136,10 +132,20 @@ async def test_sync_fsyncs_the_files_of_a_batch_concurrently_each_with_its_own_e
                 in_flight -= 1
 
     monkeypatch.setattr(fs_module, "_fsync_file", slow_fsync)
+    return most
+
+
+async def test_sync_fsyncs_the_files_of_a_batch_concurrently_each_with_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileSystemStore(tmp_path)
+    for name in ("a", "b", "c", "d"):
+        await store.put_bytes(f"staging/{name}", name.encode())
+    most = _slow_fsyncs(monkeypatch, failing="c")
 
     results = await store.sync(["staging/a", "staging/b", "staging/c", "staging/d"])
 
-    assert most > 1  # not one after the other
+    assert most[0] > 1  # not one after the other
     assert results[0] is None
     assert results[1] is None
     assert isinstance(results[2], StorageUnavailable)
@@ -152,24 +158,7 @@ async def test_move_many_with_sync_data_fsyncs_concurrently_and_still_moves_each
     store = FileSystemStore(tmp_path)
     for name in ("a", "b", "c"):
         await store.put_bytes(f"staging/{name}", name.encode())
-    in_flight = 0
-    most = 0
-    lock = threading.Lock()
-    real = fs_module._fsync_file
-
-    def slow_fsync(path: Path) -> None:
-        nonlocal in_flight, most
-        with lock:
-            in_flight += 1
-            most = max(most, in_flight)
-        try:
-            time.sleep(0.05)
-            real(path)
-        finally:
-            with lock:
-                in_flight -= 1
-
-    monkeypatch.setattr(fs_module, "_fsync_file", slow_fsync)
+    most = _slow_fsyncs(monkeypatch)
 
     results = await store.move_many(
         [(f"staging/{n}", f"dicom/1/{n}.dcm") for n in ("a", "b", "c")]
@@ -177,7 +166,7 @@ async def test_move_many_with_sync_data_fsyncs_concurrently_and_still_moves_each
         sync_data=True,
     )
 
-    assert most > 1
+    assert most[0] > 1
     assert results[:3] == [None, None, None]
     assert isinstance(results[3], ObjectNotFound)
     assert await store.read("dicom/1/b.dcm") == b"b"
