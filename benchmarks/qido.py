@@ -453,8 +453,40 @@ async def healthz(client: httpx.AsyncClient, base_url: str, n: int) -> dict[str,
 # --- senders -------------------------------------------------------------------------------
 
 
-def http_sender(client: httpx.AsyncClient, url: str, headers: dict[str, dict[str, str]]) -> Sender:
-    """QIDO-RS through the gateway."""
+def server_timing(header: str | None) -> dict[str, float]:
+    """A ``Server-Timing`` value as stage → milliseconds (``parse;dur=0.12, total;dur=3.4``)."""
+    stages: dict[str, float] = {}
+    for part in (header or "").split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                stages[name] = stages.get(name, 0.0) + float(value)
+    return stages
+
+
+StageLog = dict[str, list[dict[str, float]]]
+
+
+def stage_means(log: StageLog) -> dict[str, dict[str, float]]:
+    """Per key, the mean of each server stage over the requests that reported it, in ms."""
+    out: dict[str, dict[str, float]] = {}
+    for key, rows in log.items():
+        names = {name for row in rows for name in row}
+        out[key] = {
+            name: round(sum(r[name] for r in rows if name in r) / len(rows), 3)
+            for name in sorted(names)
+        }
+    return out
+
+
+def http_sender(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, dict[str, str]],
+    stages: StageLog | None = None,
+) -> Sender:
+    """QIDO-RS through the gateway; each answer's Server-Timing stages go to `stages`."""
 
     async def send(query: Query, token: str) -> tuple[int, float]:
         t = time.perf_counter()
@@ -465,6 +497,11 @@ def http_sender(client: httpx.AsyncClient, url: str, headers: dict[str, dict[str
         if response.status_code != 200:
             msg = f"{query.kind} {query.path} {query.params}: {response.status_code} {response.text[:200]}"
             raise RuntimeError(msg)
+        if stages is not None:
+            timed = server_timing(response.headers.get("server-timing"))
+            if timed:
+                timed["client"] = seconds * 1000
+                stages.setdefault(f"{query.kind}|{token}", []).append(timed)
         return len(response.json()), seconds
 
     return send

@@ -61,7 +61,15 @@ from krypton.contracts.common.v1 import Actor, RoleValues
 from krypton.contracts.index.v1 import QidoLevelValues, QidoRequest
 from krypton.dicom.qido import parse_qido
 from krypton.index.qido_sql import actor_has_grants, build_qido_sql
-from qido import Query, measure_concurrent, measure_sequential, table_of, time_orthanc
+from qido import (
+    Query,
+    StageLog,
+    measure_concurrent,
+    measure_sequential,
+    stage_means,
+    table_of,
+    time_orthanc,
+)
 
 NAME = "scale"
 CLIENTS = 8
@@ -370,6 +378,15 @@ def report(result: dict[str, Any]) -> None:
         f"\nQIDO throughput: 1 client {seq['ALL']['per_s']:.0f} req/s, {CLIENTS} clients "
         f"{conc['ALL']['per_s']:.0f} req/s"
     )
+    timed = k.get("server_timing_sequential", {})
+    if timed:
+        names = sorted({n for row in timed.values() for n in row} - {"client", "total"})
+        print("\nWhere a search's time goes (1 client, mean ms; `client` is what the client saw):")
+        print_table(
+            ["kind|token", *names, "total", "client"],
+            [[key, *(row.get(n, 0.0) for n in names), row.get("total", 0.0),
+              row.get("client", 0.0)] for key, row in timed.items()],  # fmt: skip
+        )
     print()
     print_table(
         ["WADO", "p50", "p95", "p99", "req/s"],
@@ -503,11 +520,15 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ) as client:
             from qido import http_sender
 
-            send = http_sender(client, platform.dicomweb_url, headers)
+            stages: StageLog = {}
+            send = http_sender(client, platform.dicomweb_url, headers, stages)
             log("QIDO through HTTP, one client")
             krypton["http_sequential"] = table_of(
                 await measure_sequential(send, pools, list(headers), args.requests, args.warmup)
             )
+            # Where each search spent its time, by the gateway's Server-Timing (warm-up too).
+            krypton["server_timing_sequential"] = stage_means(stages)
+            send = http_sender(client, platform.dicomweb_url, headers)
             log(f"QIDO through HTTP, {CLIENTS} clients")
             sampler = ProcessSampler(platform_groups(platform))
             sampler.start()

@@ -30,7 +30,7 @@ from krypton.contracts.index.v1 import QidoRequest
 from krypton.contracts.ingest.v1 import InstanceStored
 from krypton.dicom.qido import parse_qido
 from krypton.index.access import apply_policy_events
-from krypton.index.qido_sql import actor_has_grants, run_qido
+from krypton.index.qido_sql import GrantHolders, actor_has_grants, run_qido
 from krypton.index.store import upsert_batch
 
 pytestmark = pytest.mark.postgres
@@ -416,6 +416,29 @@ async def test_a_member_of_communities_without_live_grants_keeps_the_fast_path(
     assert await actor_has_grants(world, DR2) is True
     await apply_policy_events(world, [member(4, active=False)])
     assert await actor_has_grants(world, DR2) is False
+
+
+async def test_remembered_grant_holders_never_see_more_than_the_rules_allow(
+    world: asyncpg.Pool,
+) -> None:
+    holders = GrantHolders(ttl=3600)
+    query = parse_qido("study", [("limit", "100")])
+
+    async def seen() -> set[str]:
+        response = await run_qido(world, QidoRequest(query=query, actor=DR2), holders)
+        return {item["0020000D"]["Value"][0] for item in json.loads(response.body)}
+
+    # Not a holder yet: the answer is not kept, so the first grant opens at the next search.
+    assert await seen() == set()
+    await apply_policy_events(world, [grant("g", 1)])
+    assert await seen() == {"1.1", "1.2"}
+    # Remembered as a holder (no probe), the revoked grant still opens nothing.
+    await apply_policy_events(world, [grant("g", 2, active=False)])
+    assert await holders.has_grants(world, DR2) is True
+    assert await actor_has_grants(world, DR2) is False
+    assert await seen() == set()
+    # Others are never remembered: only professionals hold grants.
+    assert await holders.has_grants(world, RIS_B) is False
 
 
 async def test_a_professionals_pages_merge_their_structure_and_their_grants_in_one_order(

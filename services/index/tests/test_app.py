@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import msgspec
 import nats
 import pytest
 
 from krypton.bus.codec import encode
 from krypton.contracts import subjects
 from krypton.contracts.common.v1 import Actor, RoleValues
-from krypton.contracts.index.v1 import QidoRequest
+from krypton.contracts.index.v1 import LocateResponse, QidoRequest
 from krypton.core.settings import KryptonSettings
 from krypton.dicom.qido import parse_qido
 from krypton.index.app import build_app
@@ -58,6 +59,26 @@ async def test_a_search_waiting_on_the_database_does_not_hold_up_the_next(
         assert (answer.headers or {}).get("Krypton-Status") == "200"
     finally:
         await locker.close()
+        await nc.close()
+        app.exit()
+        await running
+
+
+async def test_malformed_requests_get_a_clear_answer_not_a_timeout(
+    nats_url: str, pg_dsn: str, index_pool: asyncpg.Pool
+) -> None:
+    app, _ = build_app(KryptonSettings(nats_url=nats_url, pg_dsn=pg_dsn))
+    running = asyncio.create_task(app.run())
+    nc = await nats.connect(nats_url)
+    try:
+        await _until_ready(nc)
+        reply = await nc.request(subjects.SVC_INDEX_QIDO, b'{"query": 1}', timeout=5)
+        headers = reply.headers or {}
+        assert headers.get("Krypton-Status") == "400"
+        assert "malformed search request" in headers.get("Krypton-Reason", "")
+        reply = await nc.request(subjects.SVC_INDEX_LOCATE, b"not json", timeout=5)
+        assert msgspec.json.decode(reply.data, type=LocateResponse).status == 400
+    finally:
         await nc.close()
         app.exit()
         await running

@@ -58,3 +58,28 @@ async def test_custom_plans_keep_the_values_in_every_plan(pg_dsn: str) -> None:
     finally:
         await custom.close()
         await plain.close()
+
+
+async def test_release_sends_no_statement_but_rolls_back_a_forgotten_transaction(
+    pg_dsn: str,
+) -> None:
+    # One PostgreSQL round trip per use saved: asyncpg's default release sends RESET ALL etc.
+    pool = await create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+            protocol = conn._con._protocol  # type: ignore[attr-defined]
+            before = protocol.queries_count
+        async with pool.acquire() as conn:
+            assert conn._con._protocol is protocol  # type: ignore[attr-defined]
+            assert protocol.queries_count == before  # the release sent nothing
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS leak (x int)")
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("INSERT INTO leak VALUES (1)")
+            # released with the transaction open: asyncpg still rolls it back
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM leak") == 0
+            assert not conn.is_in_transaction()
+    finally:
+        await pool.close()

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from krypton.bus.connect import connect, make_broker
 from krypton.bus.consumer import BatchConsumer
+from krypton.bus.responder import Reply, Responder
 from krypton.core.errors import ConfigurationError
 from krypton.core.settings import StorageSettings
 from krypton.db.pool import create_pool
@@ -181,3 +182,30 @@ async def test_a_faststream_handler_continues_the_trace_with_bounded_names(
         for sample in family.samples
     }
     assert not any(d and d.startswith("_INBOX.") for d in destinations), destinations
+
+
+async def test_a_responder_handles_each_request_in_a_span_of_the_callers_trace(
+    nats_url: str, spans: InMemorySpanExporter
+) -> None:
+    nc = await connect(nats_url, "testsvc")
+    subject = f"test.{uuid.uuid4().hex[:8]}.serve"
+    responder = Responder(nc, "testsvc", workers=2)
+
+    async def answer(msg: Msg) -> Reply:
+        with tracer.start_as_current_span("handler work"):
+            await asyncio.sleep(0.01)  # the span must cover the work, not the task's start
+        return b"ok", {}
+
+    await responder.serve(subject, "q", answer)
+    with tracer.start_as_current_span("caller") as caller:
+        reply = await nc.request(subject, b"?", timeout=5.0)
+    assert reply.data == b"ok"
+    await responder.stop()
+    await nc.close()
+    (work,) = _named(spans, "handler work")
+    (process,) = _named(spans, f"{subject} process")  # one: no second span from the client
+    assert _trace_id(process) == caller.get_span_context().trace_id
+    assert process.context is not None
+    assert work.parent is not None
+    assert work.parent.span_id == process.context.span_id
+    assert process.kind is trace.SpanKind.CONSUMER

@@ -29,7 +29,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from krypton.telemetry.metrics import NATS_REQUEST_DURATION, NATS_REQUESTS, subject_family
 
-__all__ = ["TracedClient", "consumer_span", "message_context"]
+__all__ = ["TracedClient", "consumer_span", "message_context", "process_span"]
 
 _tracer = trace.get_tracer("krypton.bus")
 # Set while `request` publishes, so the inner publish injects the request span's context
@@ -165,14 +165,21 @@ class TracedClient(Client):
         return await super().subscribe(subject, queue, cb, *args, **kwargs)
 
 
+@contextmanager
+def process_span(msg: Msg) -> Iterator[Span]:
+    """The CONSUMER span in which one received message is handled, child of its context."""
+    with _tracer.start_as_current_span(
+        f"{subject_family(msg.subject)} process",
+        context=message_context(msg),
+        kind=SpanKind.CONSUMER,
+        attributes=_attributes(msg.subject, "process"),
+    ) as span:
+        yield span
+
+
 def _traced_callback(cb: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
     async def traced(msg: Msg) -> None:
-        with _tracer.start_as_current_span(
-            f"{subject_family(msg.subject)} process",
-            context=message_context(msg),
-            kind=SpanKind.CONSUMER,
-            attributes=_attributes(msg.subject, "process"),
-        ):
+        with process_span(msg):
             await cb(msg)
 
     return traced

@@ -51,6 +51,18 @@ def _span(name: str, statement: str) -> Iterator[Span | None]:
 class TracedConnection(asyncpg.Connection):
     """An asyncpg connection that opens a span per statement inside a trace."""
 
+    def get_reset_query(self) -> str:
+        """No session reset statement on release to the pool: one round trip saved per use.
+
+        asyncpg's default (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``)
+        undoes session state, and Krypton keeps none on pooled connections: advisory locks are
+        transaction-scoped (``pg_advisory_xact_lock``), settings are ``SET LOCAL`` or startup
+        parameters, cursors live inside transactions, nothing LISTENs. An open transaction is
+        still rolled back on release (asyncpg does that before asking for this query). Code
+        that needs session state takes a connection of its own (`asyncpg.connect`).
+        """
+        return ""
+
     async def reset(self, *, timeout: float | None = None) -> None:
         """`asyncpg.Connection.reset` (on release to the pool), without spans."""
         token = _quiet.set(True)

@@ -83,6 +83,17 @@ NATS_REQUEST_DURATION = Histogram(
     ["service", "subject"],
     buckets=_LATENCY_BUCKETS,
 )
+NATS_SERVED = Counter(
+    "krypton_nats_served",
+    "NATS requests answered by a `krypton.bus.responder` handler, by subject family and status.",
+    ["service", "subject", "status"],
+)
+NATS_SERVE_DURATION = Histogram(
+    "krypton_nats_serve_duration_seconds",
+    "Time from a request's arrival in the handler to its reply, by subject family.",
+    ["service", "subject"],
+    buckets=_LATENCY_BUCKETS,
+)
 MESSAGES = Counter(
     "krypton_messages",
     "JetStream messages handled by a durable consumer, by outcome (ack, nak, term).",

@@ -35,6 +35,7 @@ Matching (on top of what `krypton.dicom.qido` validates):
 from __future__ import annotations
 
 import re
+import time as _clock
 from collections.abc import Sequence
 from datetime import date, time
 from typing import Final
@@ -57,6 +58,7 @@ from krypton.index.store import normalise_pn, parse_da
 
 __all__ = [
     "MAX_LIMIT",
+    "GrantHolders",
     "access_arms",
     "access_basis",
     "access_predicate",
@@ -233,6 +235,39 @@ async def actor_has_grants(pool: asyncpg.Pool, actor: Actor) -> bool:
         actor.sub,
     )
     return bool(found)
+
+
+class GrantHolders:
+    """Remembers, for `ttl` seconds, the professionals found holding a live grant.
+
+    Saves the probe's PostgreSQL round trip on every search of a professional with grants.
+    Only the positive answer is kept, and it only chooses the statement's shape: the grant
+    arms check each grant's liveness themselves, so a grant revoked meanwhile opens nothing,
+    and a professional's first grant is seen at their next search (a negative answer is never
+    kept).
+    """
+
+    def __init__(self, ttl: float = 30.0, max_size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self._seen: dict[str, float] = {}
+
+    async def has_grants(self, pool: asyncpg.Pool, actor: Actor) -> bool:
+        """`actor_has_grants`, answered from memory while a positive answer is fresh."""
+        if actor.role is not RoleValues.PROFESSIONAL:
+            return False
+        now = _clock.monotonic()
+        seen = self._seen.get(actor.sub)
+        if seen is not None and now - seen < self.ttl:
+            return True
+        found = await actor_has_grants(pool, actor)
+        if found:
+            if len(self._seen) >= self.max_size:
+                self._seen.clear()  # bounded: a burst of new holders costs one probe each
+            self._seen[actor.sub] = now
+        else:
+            self._seen.pop(actor.sub, None)
+        return found
 
 
 class _Params:
@@ -537,7 +572,9 @@ def build_qido_sql(request: QidoRequest, *, grants: bool = False) -> tuple[str, 
     return sql, params.values
 
 
-async def run_qido(pool: asyncpg.Pool, request: QidoRequest) -> QidoResponse:
+async def run_qido(
+    pool: asyncpg.Pool, request: QidoRequest, holders: GrantHolders | None = None
+) -> QidoResponse:
     """Answer a QIDO-RS request with one SQL statement.
 
     Results the actor may not see are filtered inside the statement: a study, series or
@@ -548,7 +585,10 @@ async def run_qido(pool: asyncpg.Pool, request: QidoRequest) -> QidoResponse:
         503 when the statement hit the server's statement timeout.
     """
     try:
-        grants = await actor_has_grants(pool, request.actor)
+        if holders is not None:
+            grants = await holders.has_grants(pool, request.actor)
+        else:
+            grants = await actor_has_grants(pool, request.actor)
         sql, params = build_qido_sql(request, grants=grants)
     except ValidationError as exc:
         return QidoResponse(status=400, reason=exc.reason)
