@@ -411,8 +411,17 @@ def per_service() -> dict[str, Any]:
                         f"sum by (handler, status) (rate(faststream_received_processed_messages_total{{{job}}}[$__rate_interval]))",
                         "{{handler}} {{status}}",
                     ),
+                    _q(
+                        f"sum by (subject, status) (rate(krypton_nats_served_total{{{job}}}[$__rate_interval]))",
+                        "{{subject}} {{status}}",
+                    ),
                 ),
                 "ops",
+            ),
+            Panel(
+                "Requests served p95 (index searches and locates)",
+                (_q(_p95("krypton_nats_serve_duration_seconds", "subject", job), "{{subject}}"),),
+                "s",
             ),
             Panel(
                 "Handler exceptions",
