@@ -70,8 +70,8 @@ class KryptonSettings(BaseSettings):
     max_instance_bytes: int = 4 * 1024**3
     max_request_bytes: int = 16 * 1024**3
     index_batch_size: int = 256
-    # Searches and locates one index process answers at once (per subject): while one waits
-    # on PostgreSQL the next is decoded and planned. FastStream's default is one at a time.
+    # Searches and locates one index process answers at once (both subjects together, see
+    # `krypton.bus.responder`): while one waits on PostgreSQL the next is decoded and planned.
     index_request_workers: int = Field(default=8, ge=1, le=64)
     ingest_concurrency: int = 16
     # Port of this process's Prometheus `/metrics` endpoint: unset = the service's default
