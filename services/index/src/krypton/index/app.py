@@ -58,10 +58,9 @@ class RequestHandlers:
         self.holders = GrantHolders()
 
     async def qido(self, msg: Msg) -> Reply:
-        """A QIDO-RS search: the DICOM JSON body as raw bytes, status and count in headers.
+        """A QIDO-RS search: the DICOM JSON body, status, count and reason in headers.
 
-        The body travels as raw bytes (no base64 inside another JSON document); status, count
-        and reason ride in headers.
+        The body travels as raw bytes, not base64 inside another JSON document.
         """
         try:
             request = _qido_request.decode(msg.data)
@@ -97,21 +96,21 @@ class RequestHandlers:
         try:
             request = _locate_request.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            reason = f"malformed locate request: {exc}"
-            return encode(LocateResponse(status=400, reason=reason)), {"Krypton-Status": "400"}
+            return _locate_failure(400, f"malformed locate request: {exc}")
         try:
             return await handle_locate(self.pool, request), {}
         except TRANSIENT_DB_ERRORS as exc:
             # Always answer (issue 9): the gateway then says 503 + Retry-After at once.
             _log.warning("locate failed; database unavailable", error=repr(exc))
-            return encode(LocateResponse(status=503, reason="index unavailable")), {
-                "Krypton-Status": "503"
-            }
+            return _locate_failure(503, "index unavailable")
         except Exception:
             _log.exception("locate failed")
-            return encode(LocateResponse(status=500, reason="locate failed")), {
-                "Krypton-Status": "500"
-            }
+            return _locate_failure(500, "locate failed")
+
+
+def _locate_failure(status: int, reason: str) -> Reply:
+    """A locate answer without instances; its status also labels the responder's metric."""
+    return encode(LocateResponse(status=status, reason=reason)), {"Krypton-Status": str(status)}
 
 
 def build_app(settings: KryptonSettings) -> tuple[FastStream, NatsBroker]:
