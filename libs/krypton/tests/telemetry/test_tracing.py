@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -14,7 +14,6 @@ from nats.js.api import StreamConfig
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
@@ -26,24 +25,13 @@ from krypton.core.settings import StorageSettings
 from krypton.db.pool import create_pool
 from krypton.storage.factory import make_store
 from krypton.storage.fs import FileSystemStore
-from krypton.telemetry.setup import exporters_from_env, setup_telemetry
+from krypton.telemetry.setup import exporters_from_env
 
 tracer = trace.get_tracer("test")
 
 
 class Event(msgspec.Struct, frozen=True):
     n: int
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Finished spans of this test (the process has one provider; each test adds a sink)."""
-    provider = setup_telemetry("testsvc")
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    yield exporter
-    exporter.shutdown()
 
 
 def _named(spans: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:

@@ -87,6 +87,9 @@ def create_app(settings: KryptonSettings) -> FastAPI:
         docs_url="/api/docs" if public_docs else None,
         openapi_url="/api/openapi.json" if public_docs else None,
         redoc_url=None,
+        # FastAPI's own telemetry would open a second server span and record the query
+        # string (patient names, identifiers) verbatim; `instrument_asgi` does spans and metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
 
     @app.exception_handler(StarletteHTTPException)
