@@ -53,6 +53,50 @@ def test_decode_frame_refuses_a_frame_that_does_not_exist() -> None:
         decode_frame(path, 1)
 
 
+@pytest.mark.parametrize("path", DECODABLE, ids=lambda p: p.name)
+def test_decode_frame_from_bytes_is_pydicoms_frame(path: Path) -> None:
+    """Bytes take the direct native path where it applies: the same array, dtype and all.
+
+    A path always goes through pydicom's `pixel_array`: the reference.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        for index in sorted({0, frames - 1}):
+            try:
+                expected, _ = decode_frame(path, index)
+            except DecodeError:
+                with pytest.raises(DecodeError):
+                    decode_frame(path.read_bytes(), index)
+                continue
+            arr, _ = decode_frame(path.read_bytes(), index)
+            assert arr.dtype == expected.dtype
+            np.testing.assert_array_equal(arr, expected)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("implicit", [False, True])
+def test_native_frames_drop_unused_high_bits_as_pydicom_does(signed: bool, implicit: bool) -> None:
+    """12 bits stored in 16 with garbage above: masked (unsigned) or sign-extended (signed)."""
+    path = next(p for p in DECODABLE if p.name == "CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 65536, size=(ds.Rows, ds.Columns), dtype=np.uint16)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+    ds.PixelData = raw.tobytes()
+    syntax = pydicom.uid.ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = syntax
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    data = out.getvalue()
+    expected = pydicom.pixels.pixel_array(io.BytesIO(data), index=0)
+    arr, _ = decode_frame(data, 0)
+    assert arr.dtype == expected.dtype == (np.int16 if signed else np.uint16)
+    np.testing.assert_array_equal(arr, expected)
+    assert int(np.abs(arr.astype(np.int32)).max()) < 4096
+
+
 def test_transfer_syntax_tables() -> None:
     assert is_native(ExplicitVRLittleEndian)
     assert frame_media_type(JPEGLSLossless) == "image/jls"

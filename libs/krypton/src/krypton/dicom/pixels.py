@@ -1,7 +1,9 @@
 """Pixel decoding and transcoding with pydicom and the pylibjpeg plugins.
 
 Everything here is CPU-bound and synchronous: services call it through a worker thread.
-Decoding is pydicom's (so that "equal to pydicom's decode" holds by construction); what this
+Decoding is pydicom's (so that "equal to pydicom's decode" holds by construction), except
+native little-endian grey frames given as bytes, which are read straight from the buffer
+with pydicom's own unused-bit correction (tested equal on pydicom's test files); what this
 module adds is the re-encoding of a whole instance to Explicit VR Little Endian, which pydicom
 has no single call for when the source is big endian or deflated, and to the compressed syntaxes
 of `krypton.dicom.codecs.ENCODABLE`: RLE through pydicom (pylibjpeg-rle), JPEG-LS, JPEG 2000 and
@@ -40,6 +42,7 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
@@ -80,6 +83,8 @@ DECODER_DEPENDENCIES: Final = dict.fromkeys(
     ("imagecodecs>=2024.1.1",),
 )
 _JPEGLS: Final = frozenset({JPEGLSLossless, JPEGLSNearLossless})
+_NATIVE_LE: Final = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+_PIXEL_DATA_TAG: Final = b"\xe0\x7f\x10\x00"
 
 
 class DecodeError(ValueError):
@@ -155,7 +160,14 @@ def decode_frame(source: bytes | Path, index: int) -> tuple[NDArray[np.generic],
     Raises:
         DecodeError: the syntax is not decodable, the frame does not exist, or decoding failed.
     """
-    ds = read_dataset(source, pixels=False)
+    fp: io.BytesIO | Path
+    pixels_at = -1
+    if isinstance(source, bytes):
+        fp = buffer = io.BytesIO(source)
+        ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+        pixels_at = buffer.tell()  # pydicom stops on the Pixel Data tag
+    else:
+        fp, ds = source, read_dataset(source, pixels=False)
     syntax = UID(ds.file_meta.get("TransferSyntaxUID", ""))
     if syntax not in DECODABLE:
         msg = f"cannot decode transfer syntax {syntax}"
@@ -163,7 +175,12 @@ def decode_frame(source: bytes | Path, index: int) -> tuple[NDArray[np.generic],
     if index < 0 or index >= frame_count(ds):
         msg = f"frame {index + 1} does not exist"
         raise DecodeError(msg)
-    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    if isinstance(source, bytes) and syntax in _NATIVE_LE:
+        fast = _native_monochrome_frame(source, pixels_at, ds, index, syntax.is_implicit_VR)
+        if fast is not None:
+            return fast, ds
+    if isinstance(fp, io.BytesIO):
+        fp.seek(0)
     plugin = _plugin_for(syntax)
     try:
         arr = pixel_array(fp, index=index, decoding_plugin=plugin)
@@ -171,6 +188,46 @@ def decode_frame(source: bytes | Path, index: int) -> tuple[NDArray[np.generic],
         msg = f"cannot decode frame {index + 1}: {exc}"
         raise DecodeError(msg[:300]) from exc
     return arr, ds
+
+
+def _native_monochrome_frame(
+    data: bytes, at: int, ds: Dataset, index: int, implicit: bool
+) -> NDArray[np.generic] | None:
+    """Frame `index` of native little-endian grey pixels, read straight from `data`, or None.
+
+    What pydicom's `pixel_array` returns for these (the same dtype, and the unused high bits
+    corrected the same way: shifted out, sign-extended for signed pixels), without its second
+    parse of the header and its decoder set-up: ~0.5 ms of a ~2 ms rendering. Anything else
+    (colour, 1 or 32 bits, float pixels, odd lengths) is None: pydicom's path decodes it.
+    """
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored") or ds.BitsAllocated)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if samples != 1 or allocated not in (8, 16) or not 1 <= stored <= allocated:
+        return None
+    if rows < 1 or columns < 1 or data[at : at + 4] != _PIXEL_DATA_TAG:
+        return None
+    if implicit:
+        length, start = int.from_bytes(data[at + 4 : at + 8], "little"), at + 8
+    elif data[at + 4 : at + 6] in (b"OW", b"OB"):
+        length, start = int.from_bytes(data[at + 8 : at + 12], "little"), at + 12
+    else:
+        return None
+    size = native_frame_length(rows, columns, 1, allocated)
+    if length == 0xFFFFFFFF or (index + 1) * size > length or start + length > len(data):
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    arr = np.frombuffer(data, dtype=dtype, count=rows * columns, offset=start + index * size)
+    arr = arr.reshape(rows, columns).copy()  # writeable, as pydicom's
+    if stored < allocated:
+        shift = allocated - stored
+        np.left_shift(arr, shift, out=arr)
+        np.right_shift(arr, shift, out=arr)
+    return arr
 
 
 def _plugin_for(syntax: UID) -> str:
