@@ -166,6 +166,8 @@ class Platform:
             for replica in range(self.config.replicas.get(name, 1)):
                 label = name if replica == 0 else f"{name}-{replica + 1}"
                 child_env = dict(env)
+                if name == "gateway" and self.config.replicas.get(name, 1) > 1:
+                    child_env["KRYPTON_HTTP_REUSE_PORT"] = "true"
                 if self.config.metrics == "free":
                     self.metrics_ports[label] = free_port()
                     child_env["KRYPTON_METRICS_PORT"] = str(self.metrics_ports[label])

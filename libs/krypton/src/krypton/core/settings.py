@@ -62,6 +62,9 @@ class KryptonSettings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Several gateway processes on one host share the port (SO_REUSEPORT: the kernel spreads
+    # connections over them): set by the embedded platform when it runs gateway replicas.
+    http_reuse_port: bool = False
     public_url: str | None = None
     log_level: str = "INFO"
     log_json: bool | None = None

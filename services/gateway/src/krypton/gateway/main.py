@@ -1,6 +1,13 @@
-"""Entry point: `python -m krypton.gateway` serves the gateway with uvicorn."""
+"""Entry point: `python -m krypton.gateway` serves the gateway with uvicorn.
+
+Python runs one request's Python code at a time per process: on a host with several cores,
+N gateway processes share one port (`KRYPTON_HTTP_REUSE_PORT`, SO_REUSEPORT), and the kernel
+spreads the connections over them. `krypton up --replicas gateway=2` does that.
+"""
 
 from __future__ import annotations
+
+import socket
 
 import uvicorn
 
@@ -11,7 +18,7 @@ from krypton.gateway.app import create_app
 from krypton.gateway.http_protocol import ProblemHttpToolsProtocol
 from krypton.telemetry.setup import setup_observability
 
-__all__ = ["main"]
+__all__ = ["listen", "main"]
 
 
 def main() -> None:
@@ -21,7 +28,7 @@ def main() -> None:
     setup_observability("gateway", settings)
     app = create_app(settings)
     tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -31,3 +38,17 @@ def main() -> None:
         http=ProblemHttpToolsProtocol,  # parser-level 400s are problem+json too
         timeout_graceful_shutdown=10,
     )
+    sockets = [listen(settings.http_host, settings.http_port)] if settings.http_reuse_port else None
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that other processes of this user may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
