@@ -58,6 +58,7 @@ from common import (
     log,
     machine,
     machine_line,
+    parse_replicas,
     platform_groups,
     postgres_version,
     print_table,
@@ -613,7 +614,7 @@ async def run(args: argparse.Namespace, studies: list[Study]) -> dict[str, Any]:
     total = sum(len(s.files) for s in studies)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="krypton-bench-retrieval-") as tmp:
-        async with started_platform(Path(tmp) / "krypton") as platform:
+        async with started_platform(Path(tmp) / "krypton", args.replicas) as platform:
             result["pg_version"] = await postgres_version(platform.pg_dsn)
             issuer = DevIssuer(platform.state_dir / "issuer", platform.issuer_url)
             structure = Population(args.seed, 1000).structures[0].finess
@@ -874,6 +875,13 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="load generator for the latency scenarios (default wrk when installed: "
         "Debian package wrk; httpx costs ~1.8 ms of CPU per request here)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=parse_replicas,
+        default={},
+        metavar="SERVICE=N,...",
+        help="service processes, e.g. gateway=2 (default one of each)",
+    )
     args = parser.parse_args(argv)
     args.requests = args.requests or args.slices
 
@@ -891,6 +899,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["benchmarks/retrieval.py", *(argv or sys.argv[1:])]),
         "params": {
             "client": args.client,
+            "replicas": args.replicas,
             "slices": args.slices,
             "requests": args.requests,
             "per_codec": args.per_codec,

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
@@ -70,6 +71,7 @@ from qido import (
     table_of,
     time_orthanc,
 )
+from wrk import available as wrk_available, run_wrk
 
 NAME = "scale"
 CLIENTS = 8
@@ -241,6 +243,69 @@ async def _measure_wado_kind(
     return _summary(sequential, sequential_s), _summary(latencies, time.perf_counter() - started)
 
 
+async def measure_wrk_sequential(
+    base_url: str,
+    headers: dict[str, dict[str, str]],
+    pools: dict[str, list[Query]],
+    n: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """One request at a time through `wrk`, kind after kind (the httpx pass warmed them up).
+
+    Returns the latency table (key ``kind|token``) and each key's Server-Timing means (ms).
+    """
+    table: dict[str, dict[str, Any]] = {}
+    stages: dict[str, dict[str, float]] = {}
+    for token, auth in headers.items():
+        for kind, pool in pools.items():
+            key = f"{kind}|{token}"
+            requests = [
+                (
+                    f"{base_url}/{q.path}?{urlencode(q.params)}",
+                    {**auth, "Accept": "application/dicom+json"},
+                )
+                for q in (pool[i % len(pool)] for i in range(n))
+            ]
+            measured = await run_wrk(requests, 1)
+            if measured["statuses"] != {"200": n} or measured["errors"]:
+                msg = f"{key}: {measured['statuses']} {measured['errors']}"
+                raise RuntimeError(msg)
+            table[key] = {
+                name: measured[name]
+                for name in ("count", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+            }
+            table[key]["per_s"] = round(n / max(measured["elapsed_s"], 1e-9), 1)
+            stages[key] = {
+                name: round(total / count, 3)
+                for name, (total, count) in sorted(measured["stages"].items())
+            }
+    return table, stages
+
+
+async def measure_wado_wrk(
+    base_url: str, targets: Sequence[tuple[str, str, dict[str, str]]], n: int, clients: int
+) -> dict[str, dict[str, Any]]:
+    """Study metadata and rendered first image through `wrk` (after the httpx pass)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, index, accept in (
+        ("metadata", 0, "application/dicom+json"),
+        ("rendered", 1, "image/jpeg"),
+    ):
+        work = [targets[i % len(targets)] for i in range(n)]
+        requests = [(f"{base_url}/{t[index]}", {**t[2], "Accept": accept}) for t in work]
+        for concurrency, mode in ((1, "sequential"), (clients, f"{clients}_clients")):
+            measured = await run_wrk(requests, concurrency)
+            if measured["statuses"] != {"200": n} or measured["errors"]:
+                msg = f"{kind}: {measured['statuses']} {measured['errors']}"
+                raise RuntimeError(msg)
+            row = {
+                name: measured[name]
+                for name in ("count", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+            }
+            row["per_s"] = round(n / max(measured["elapsed_s"], 1e-9), 1)
+            out.setdefault(mode, {})[kind] = row
+    return out
+
+
 def _summary(latencies: list[float], elapsed: float) -> dict[str, float]:
     from common import summarise
 
@@ -387,6 +452,24 @@ def report(result: dict[str, Any]) -> None:
             for key, row in timed.items()
         ]
         print_table(["kind|token", *names, "total", "client"], rows)
+    wrk_seq = k.get("wrk_sequential")
+    if wrk_seq:
+        wrk_timed = k.get("server_timing_wrk_sequential", {})
+        print("\nThe same searches through wrk (1 client; the server's latency, not httpx's):")
+        print_table(
+            ["kind|token", "p50", "p95", "p99", "max", "server total", "index"],
+            [
+                [key, v["p50_ms"], v["p95_ms"], v["p99_ms"], v["max_ms"],
+                 wrk_timed.get(key, {}).get("total", 0.0), wrk_timed.get(key, {}).get("index", 0.0)]
+                for key, v in wrk_seq.items()
+            ],
+        )  # fmt: skip
+    for mode, table in k.get("wado_wrk", {}).items():
+        print(f"\nWADO through wrk ({mode}):")
+        print_table(
+            ["kind", "p50", "p95", "p99", "req/s"],
+            [[n, v["p50_ms"], v["p95_ms"], v["p99_ms"], v["per_s"]] for n, v in table.items()],
+        )
     print()
     print_table(
         ["WADO", "p50", "p95", "p99", "req/s"],
@@ -477,6 +560,13 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--orthanc", action="store_true", help="also measure Orthanc")
     parser.add_argument("--orthanc-studies", type=int, default=5000)
     parser.add_argument("--name", default=NAME, help="results file name")
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if wrk_available() else "httpx",
+        help="also measure the sequential passes with wrk (default when installed): httpx "
+        "itself costs ~1.8 ms of CPU per request on this machine",
+    )
     args = parser.parse_args(argv)
     prepared = await prepare(args)
     state_dir, config, region, dsn, load = (
@@ -528,6 +618,12 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             # Where each search spent its time, by the gateway's Server-Timing (warm-up too).
             krypton["server_timing_sequential"] = stage_means(stages)
+            if args.client == "wrk":
+                log("QIDO through HTTP, one client, with wrk")
+                table, timed = await measure_wrk_sequential(
+                    platform.dicomweb_url, headers, pools, args.requests
+                )
+                krypton["wrk_sequential"], krypton["server_timing_wrk_sequential"] = table, timed
             send = http_sender(client, platform.dicomweb_url, headers)
             log(f"QIDO through HTTP, {CLIENTS} clients")
             sampler = ProcessSampler(platform_groups(platform))
@@ -559,6 +655,10 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 },
                 "http_concurrent": {k.split("|")[0]: v for k, v in wado.items() if "clients" in k},
             }
+            if args.client == "wrk":
+                krypton["wado_wrk"] = await measure_wado_wrk(
+                    platform.dicomweb_url, targets, args.wado_requests, CLIENTS
+                )
         log("EXPLAIN (ANALYZE, BUFFERS)")
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
         try:
@@ -578,6 +678,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "professional": sub,
             "professional_live_grants": len(granted),
             "seed": args.seed,
+            "client": args.client,
         },
         "load": load,
         "krypton": krypton,
