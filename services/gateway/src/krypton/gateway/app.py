@@ -26,7 +26,7 @@ from krypton.contracts import subjects
 from krypton.contracts.index.v1 import QidoLevelValues
 from krypton.core.logging import get_logger
 from krypton.core.settings import KryptonSettings
-from krypton.gateway import routes_audit, routes_policy, routes_wado
+from krypton.gateway import routes_audit, routes_policy, routes_wado, wado_render
 from krypton.gateway.context import GatewayContext, VerdictWaiter
 from krypton.gateway.lean_route import LeanRoute
 from krypton.gateway.problems import problem
@@ -69,6 +69,7 @@ def create_app(settings: KryptonSettings) -> FastAPI:
             verifier=TokenVerifier(settings.auth, jwks),
             waiter=waiter,
         )
+        await wado_render.warm_up()
         _log.info("gateway ready", port=settings.http_port)
         try:
             yield

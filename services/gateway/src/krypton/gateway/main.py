@@ -38,8 +38,34 @@ def main() -> None:
         http=ProblemHttpToolsProtocol,  # parser-level 400s are problem+json too
         timeout_graceful_shutdown=10,
     )
-    sockets = [listen(settings.http_host, settings.http_port)] if settings.http_reuse_port else None
-    uvicorn.Server(config).run(sockets=sockets)
+    if settings.http_reuse_port:
+        _SharedPortServer(config, settings.http_host, settings.http_port).run()
+    else:
+        uvicorn.Server(config).run()
+
+
+class _SharedPortServer(uvicorn.Server):
+    """Binds its SO_REUSEPORT socket only once the app has started.
+
+    A socket bound earlier would take its share of new connections while this process is still
+    connecting to NATS: they would wait there although another replica could answer them.
+    """
+
+    def __init__(self, config: uvicorn.Config, host: str, port: int) -> None:
+        super().__init__(config)
+        self._address = (host, port)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise SystemExit(3)  # uvicorn's own exit status for a failed startup
+
+        async def started() -> None:
+            return None
+
+        # uvicorn's startup runs the lifespan first: it has run, so that step is made a no-op.
+        self.lifespan.startup = started
+        await super().startup(sockets=[listen(*self._address)])
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -15,13 +15,25 @@ frame asked for, or rendered by the service when the store has no local files (S
 
 from __future__ import annotations
 
+import asyncio
+import io
 from pathlib import Path
 from typing import Final
 
-from pydicom.uid import HTJ2K, DeflatedExplicitVRLittleEndian, HTJ2KLossless, HTJ2KLosslessRPCL
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    HTJ2K,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    generate_uid,
+)
 
 from krypton.contracts.index.v1 import LocatedInstance
-from krypton.contracts.render.v1 import RenderRequest
+from krypton.contracts.render.v1 import RenderedMediaValues, RenderRequest
 from krypton.core.logging import get_logger
 from krypton.dicom.codecs import NATIVE
 from krypton.dicom.pixels import DecodeError
@@ -31,7 +43,7 @@ from krypton.gateway.wado_services import WadoError
 from krypton.storage.base import ObjectStore
 from krypton.storage.errors import ObjectNotFound
 
-__all__ = ["render_here", "renders_here"]
+__all__ = ["render_here", "renders_here", "warm_up"]
 
 _log = get_logger("krypton.gateway.wado")
 
@@ -43,6 +55,41 @@ _HERE: Final = (NATIVE - {DeflatedExplicitVRLittleEndian}) | {
 }
 # Instances up to this size are read whole; bigger ones are read frame by frame by pydicom.
 _READ_WHOLE: Final = 8 * 1024 * 1024
+
+
+def _warm_up_frame() -> bytes:
+    """A 64x64 12-bit grey CT image in Explicit VR Little Endian, rendered once at start-up."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelData = np.arange(64 * 64, dtype="<u2").tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _warm_up() -> None:
+    data = _warm_up_frame()
+    for media in (RenderedMediaValues.JPEG, RenderedMediaValues.PNG):
+        render_frame(data, RenderRequest(object_key="warm-up", sha256="", media_type=media))
+
+
+async def warm_up() -> None:
+    """Render one small frame in each CPU thread before the gateway takes requests.
+
+    The first rendering in a process imports and sets up the pixel and image code (~50-80 ms
+    measured); a viewer's first image after a restart would wait for it, and the requests
+    behind it on the same connection too.
+    """
+    await asyncio.gather(*(wado_pool.run(_warm_up) for _ in range(wado_pool.size)))
 
 
 def renders_here(store: ObjectStore, instance: LocatedInstance) -> bool:
