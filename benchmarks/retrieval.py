@@ -74,7 +74,7 @@ from krypton.contracts import subjects
 from krypton.dicom.pixels import decode_frame, transcode
 from krypton.dicom.synthetic import Population, SyntheticStudy, render_instances
 from orthanc import Orthanc
-from wrk import available as wrk_available, run_wrk
+from wrk import add_client_argument, run_wrk
 
 NAME = "retrieval"
 SLICES = 300  # default size of the CT series (``--slices``)
@@ -868,11 +868,9 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="measure Krypton alone (no reference server: K/O columns stay n/a)",
     )
-    parser.add_argument(
-        "--client",
-        choices=("wrk", "httpx"),
-        default="wrk" if wrk_available() else "httpx",
-        help="load generator for the latency scenarios (default wrk when installed: "
+    add_client_argument(
+        parser,
+        "load generator for the latency scenarios (default wrk when installed: "
         "Debian package wrk; httpx costs ~1.8 ms of CPU per request here)",
     )
     parser.add_argument(

@@ -71,7 +71,7 @@ from qido import (
     table_of,
     time_orthanc,
 )
-from wrk import available as wrk_available, run_wrk
+from wrk import add_client_argument, run_wrk
 
 NAME = "scale"
 CLIENTS = 8
@@ -560,11 +560,9 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--orthanc", action="store_true", help="also measure Orthanc")
     parser.add_argument("--orthanc-studies", type=int, default=5000)
     parser.add_argument("--name", default=NAME, help="results file name")
-    parser.add_argument(
-        "--client",
-        choices=("wrk", "httpx"),
-        default="wrk" if wrk_available() else "httpx",
-        help="also measure the sequential passes with wrk (default when installed): httpx "
+    add_client_argument(
+        parser,
+        "also measure the sequential passes with wrk (default when installed): httpx "
         "itself costs ~1.8 ms of CPU per request on this machine",
     )
     args = parser.parse_args(argv)

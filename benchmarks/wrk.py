@@ -13,6 +13,7 @@ they are not counted. The answers' ``Server-Timing`` stages are summed in the sc
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["available", "run_wrk"]
+__all__ = ["add_client_argument", "available", "run_wrk"]
 
 _SCRIPT = r"""
 local reqs = {}
@@ -95,6 +96,16 @@ end
 def available() -> bool:
     """Whether the `wrk` binary is on the PATH."""
     return shutil.which("wrk") is not None
+
+
+def add_client_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--client wrk|httpx``, wrk by default when it is installed."""
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if available() else "httpx",
+        help=help_text,
+    )
 
 
 def _lua_string(text: str) -> str:
