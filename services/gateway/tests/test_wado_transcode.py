@@ -23,13 +23,14 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
 )
 
 from krypton.contracts.index.v1 import LocatedInstance
 from krypton.contracts.transcode.v1 import TranscodeResponse
-from krypton.dicom.pixels import read_dataset, transcode
+from krypton.dicom.pixels import RLE_WITHOUT_GIL, read_dataset, transcode
 from krypton.dicom.synthetic import Population, render_instances
 from krypton.gateway.context import GatewayContext
 from krypton.gateway.routes_wado import _transcoded
@@ -237,7 +238,16 @@ async def test_slow_targets_and_big_instances_go_to_the_render_service(tmp_path:
     big_frames = LocatedInstance(
         **{**{f: getattr(rle, f) for f in rle.__struct_fields__}, "rows": 2048, "columns": 2048}
     )
-    assert not transcodes_here(big_frames, ExplicitVRLittleEndian)  # its decoder keeps the GIL
+    # Its frames decode without the GIL (imagecodecs): big ones too; JPEG baseline's do not.
+    assert transcodes_here(big_frames, ExplicitVRLittleEndian) is RLE_WITHOUT_GIL
+    big_jpeg = LocatedInstance(
+        **{
+            **{f: getattr(big_frames, f) for f in big_frames.__struct_fields__},
+            "transfer_syntax_uid": JPEGBaseline8Bit,
+            "bits_allocated": 8,
+        }
+    )
+    assert not transcodes_here(big_jpeg, ExplicitVRLittleEndian)
     assert await LocalTranscoder().transcode(store, instance, RLELossless) is None
 
 

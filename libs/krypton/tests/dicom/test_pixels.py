@@ -163,3 +163,32 @@ def test_htj2k_frames_decode_with_the_fast_plugin_like_openjpeg(name: str) -> No
         reference = pydicom.dcmread(io.BytesIO(htj2k)).pixel_array  # OpenJPEG
     np.testing.assert_array_equal(arr, reference)
     assert JPEG2000Lossless in LOSSLESS_ENCODABLE
+
+
+def _syntax(path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+RLE_FILES = [p for p in DECODABLE if _syntax(p) == RLELossless]
+
+
+def test_rle_frames_decode_with_the_imagecodecs_plugin() -> None:
+    from krypton.dicom.pixels import _plugin_for
+
+    assert _plugin_for(RLELossless) == "krypton-imagecodecs"
+    assert len(RLE_FILES) >= 5  # 8/16/32-bit, grey and RGB, single and multi-frame
+
+
+@pytest.mark.parametrize("path", RLE_FILES, ids=lambda p: p.name)
+def test_rle_plugin_matches_pydicoms_own_rle_decoder(path: Path) -> None:
+    """Every frame, byte for byte the array pydicom's pure-Python RLE decoder gives."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path)
+    for index in range(int(ds.get("NumberOfFrames") or 1)):
+        expected = pydicom.pixels.pixel_array(path, index=index, decoding_plugin="pydicom")
+        arr = pydicom.pixels.pixel_array(path, index=index, decoding_plugin="krypton-imagecodecs")
+        assert arr.dtype == expected.dtype
+        np.testing.assert_array_equal(arr, expected)

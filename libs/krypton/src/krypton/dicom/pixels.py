@@ -17,6 +17,7 @@ pydicom decoder plugin): 1.6 ms for a 512x512 16-bit frame against 3.1 ms with O
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,8 +36,10 @@ from pydicom.pixels.decoders import (  # type: ignore[attr-defined]
     HTJ2KLosslessRPCLDecoder,
     JPEGLSLosslessDecoder,
     JPEGLSNearLosslessDecoder,
+    RLELosslessDecoder,
 )
 from pydicom.pixels.decoders.base import DecodeRunner
+from pydicom.pixels.decoders.rle import _rle_parse_header
 from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import (
     UID,
@@ -54,6 +57,7 @@ from krypton.dicom.codecs import DECODABLE, ENCODABLE, NATIVE, can_encode
 
 __all__ = [
     "DECODER_DEPENDENCIES",
+    "RLE_WITHOUT_GIL",
     "DecodeError",
     "decode_frame",
     "decode_htj2k_frame",
@@ -79,6 +83,7 @@ DECODER_DEPENDENCIES: Final = dict.fromkeys(
         UID("1.2.840.10008.1.2.4.203"),
         JPEGLSLossless,
         JPEGLSNearLossless,
+        RLELossless,
     ),
     ("imagecodecs>=2024.1.1",),
 )
@@ -95,7 +100,44 @@ def is_available(uid: str) -> bool:
     """Pydicom decoder plugin protocol: whether imagecodecs can decode `uid` here."""
     if uid in _JPEGLS:
         return bool(imagecodecs.JPEGLS.available)
+    if uid == RLELossless:
+        return bool(imagecodecs.PACKBITS.available)
     return bool(imagecodecs.HTJ2K.available)
+
+
+def decode_rle_frame(src: bytes, runner: DecodeRunner) -> bytearray:
+    """Pydicom decoder plugin: one RLE Lossless frame, its segments unpacked by imagecodecs.
+
+    The same bytes as pydicom's own RLE decoder (PS3.5 Annex G; planar configuration 1,
+    little-endian samples), but each segment's PackBits runs are expanded in C with the GIL
+    released, where pylibjpeg-rle holds it for the whole frame (4 ms for a 512x512 16-bit
+    slice) and pydicom's own decoder loops in Python.
+    """
+    rows, columns = runner.rows, runner.columns
+    samples, bits = runner.samples_per_pixel, runner.bits_allocated
+    if bits % 8:
+        msg = f"cannot decode RLE data of {bits} bits allocated"
+        raise NotImplementedError(msg)
+    offsets = _rle_parse_header(src[:64])
+    width = bits // 8
+    if len(offsets) != samples * width:
+        msg = f"{len(offsets)} RLE segments where {samples * width} were expected"
+        raise ValueError(msg)
+    offsets.append(len(src))
+    pixels = rows * columns
+    planes = np.zeros((samples, pixels, width), dtype=np.uint8)
+    little = runner.get_option("rle_segment_order", ">") == "<"  # non-conformant data
+    for index, (start, end) in enumerate(itertools.pairwise(offsets)):
+        segment = imagecodecs.packbits_decode(src[start:end])
+        if len(segment) < pixels:
+            msg = f"an RLE segment decodes to {len(segment)} bytes, {pixels} expected"
+            raise ValueError(msg)
+        sample, byte = divmod(index, width)
+        # Segments run from the most significant byte: little endian puts it last.
+        position = byte if little else width - 1 - byte
+        planes[sample, :, position] = np.frombuffer(segment, np.uint8, count=pixels)
+    runner.set_option("planar_configuration", 1)
+    return bytearray(planes.tobytes())
 
 
 def decode_htj2k_frame(src: bytes, runner: DecodeRunner) -> bytearray:
@@ -129,6 +171,9 @@ _FAST_HTJ2K: Final = _register_htj2k_plugin()
 _FAST_JPEGLS: Final = _register_plugin(
     (JPEGLSLosslessDecoder, JPEGLSNearLosslessDecoder), "decode_jpegls_frame", JPEGLSLossless
 )
+_FAST_RLE: Final = _register_plugin((RLELosslessDecoder,), "decode_rle_frame", RLELossless)
+#: RLE Lossless frames decode with the GIL released (`decode_rle_frame`, imagecodecs PackBits).
+RLE_WITHOUT_GIL: Final = _FAST_RLE
 
 
 def read_dataset(source: bytes | Path, *, pixels: bool = True) -> FileDataset:
@@ -232,7 +277,10 @@ def _native_monochrome_frame(
 
 def _plugin_for(syntax: UID) -> str:
     """The decoding plugin to ask pydicom for: imagecodecs where it is faster, else its choice."""
-    fast = _FAST_JPEGLS if syntax in _JPEGLS else _FAST_HTJ2K
+    if syntax == RLELossless:
+        fast = _FAST_RLE
+    else:
+        fast = _FAST_JPEGLS if syntax in _JPEGLS else _FAST_HTJ2K
     return _IMAGECODECS_PLUGIN if fast and syntax in DECODER_DEPENDENCIES else ""
 
 

@@ -13,9 +13,10 @@ Which pairs, by figures (`benchmarks/transcode_codecs.py`: 512x512 16-bit CT, on
 with an event loop ticking beside it; "stall" is the longest the loop waited for the GIL):
 
 - sources: uncompressed (deflated too, when the size of its pixels is known), JPEG-LS (CharLS
-  through imagecodecs, releases the GIL), HTJ2K (OpenJPH, 3-5 ms, releases it); RLE
-  (pylibjpeg-rle, 4 ms) and JPEG baseline (pylibjpeg-libjpeg) keep the GIL for a whole frame
-  (RLE 2048x2048: 40-60 ms of a 92 ms transcode; JPEG 2048x2048: ~400 ms), so they are done
+  through imagecodecs, releases the GIL), HTJ2K (OpenJPH, 3-5 ms, releases it), RLE (its
+  PackBits segments through imagecodecs, `pixels.decode_rle_frame`, releases it; with
+  pylibjpeg-rle it kept the GIL: 2048x2048, 40-60 ms of a 92 ms transcode); JPEG baseline
+  (pylibjpeg-libjpeg) keeps the GIL for a whole frame (2048x2048: ~400 ms), so it is done
   here only for frames up to `_GIL_FRAME_BYTES` (a 512x512 slice: a few ms); JPEG 2000 only
   from the HTJ2K lossless copy the render service precomputes (4.6 ms): its own decoder
   (pylibjpeg-openjpeg) holds the GIL for the whole decode (65-120 ms).
@@ -59,7 +60,7 @@ from krypton.contracts.transcode.v1 import TranscodeResponse
 from krypton.core.logging import get_logger
 from krypton.dicom.codecs import NATIVE
 from krypton.dicom.header import read_header
-from krypton.dicom.pixels import DecodeError, transcode
+from krypton.dicom.pixels import RLE_WITHOUT_GIL, DecodeError, transcode
 from krypton.gateway import timing, wado_pool
 from krypton.gateway.wado_services import WadoError, known_transcoded, remember_transcoded
 from krypton.storage.base import ObjectStore
@@ -85,7 +86,8 @@ FROM_COPY: Final = frozenset({JPEG2000Lossless, JPEG2000})
 #: Syntaxes written here.
 TO: Final = frozenset({ExplicitVRLittleEndian, JPEGLSLossless, HTJ2KLossless, JPEGBaseline8Bit})
 #: Stored syntaxes whose decoder keeps the GIL for a whole frame: here for small frames only.
-GIL_HOLDERS: Final = frozenset({RLELossless, JPEGBaseline8Bit})
+#: RLE is not one when its frames decode through imagecodecs (`pixels.RLE_WITHOUT_GIL`).
+GIL_HOLDERS: Final = frozenset({JPEGBaseline8Bit} | (set() if RLE_WITHOUT_GIL else {RLELossless}))
 # Bigger sources, or pixels bigger than this once decoded, go to the render service.
 _MAX_BYTES: Final = 32 * 1024 * 1024
 # Largest decoded frame of a `GIL_HOLDERS` source done here (a 512x1024 16-bit frame).
