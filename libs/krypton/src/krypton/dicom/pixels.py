@@ -12,6 +12,9 @@ simplejpeg (libjpeg-turbo).
 
 HTJ2K frames decode through imagecodecs' OpenJPH when it is installed (registered here as a
 pydicom decoder plugin): 1.6 ms for a 512x512 16-bit frame against 3.1 ms with OpenJPEG.
+JPEG-LS decodes through CharLS and RLE Lossless through imagecodecs' PackBits the same way:
+the GIL is released while they run. pylibjpeg-rle is as fast on one thread, but it holds the
+GIL for the whole frame; the event loop beside it then waited up to 5 ms, against 1.2 ms.
 """
 
 from __future__ import annotations
