@@ -26,6 +26,7 @@ lint: install
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy libs/krypton/src services/*/src apps/*/src
+	MYPYPATH=benchmarks $(UV) run --frozen mypy benchmarks
 
 pytest: install
 	$(UV) run --frozen pytest -q $(PYTEST_ARGS)

@@ -62,7 +62,7 @@ def _ram_gib() -> float:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 return round(int(line.split()[1]) / 1024**2, 1)
-    return round(psutil.virtual_memory().total / 1024**3, 1)
+    return round(float(psutil.virtual_memory().total) / 1024**3, 1)
 
 
 def git_commit() -> str:
@@ -151,7 +151,7 @@ def summarise(samples_s: Iterable[float], elapsed_s: float | None = None) -> dic
     }
     if elapsed_s:
         out["per_s"] = n / elapsed_s
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+    return {k: round(v, 3) for k, v in out.items()}  # round() keeps the count an int
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

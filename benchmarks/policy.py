@@ -158,7 +158,7 @@ async def measure_decide(
     # A study UID is part of the cache key: distinct requests never hit the cache.
     requests = list(dict.fromkeys(requests))
     cold = iter(requests)
-    allowed = Counter()
+    allowed: Counter[bool] = Counter()
 
     async def decide_cold() -> None:
         reply = await nc.request(subjects.SVC_AUTHZ_DECIDE, next(cold), timeout=5.0)
@@ -213,7 +213,7 @@ async def measure_qido(
             async def over_http(
                 headers: dict[str, str] = headers, params: list[tuple[str, str]] = params
             ) -> None:
-                r = await http.get(f"{base}/studies", params=params, headers=headers)
+                r = await http.get(f"{base}/studies", params=tuple(params), headers=headers)
                 r.raise_for_status()  # fmt: skip
 
             out[f"{qname} | {cname} | index (NATS)"] = await timed(over_nats, n, warmup)

@@ -267,7 +267,8 @@ class Region:
         commune = self._int(index, "commune", 1, 999)
         order = self._int(index, "order", 1, 999)
         births = _days(birth)
-        names, ins_list = [], []
+        names: list[str] = []
+        ins_list: list[str | None] = []
         for k in range(n):
             given_names = FEMALE_NAMES if female[k] else MALE_NAMES
             family = family_a[k]

@@ -104,7 +104,7 @@ def sample_studies(
         for k, finess in enumerate(cols["structure"]):
             if finess == structure and len(own) < size * 3 // 4:
                 own.append({c: cols[c][k] for c in cols if c != "series"})
-    others = []
+    others: list[dict[str, Any]] = []
     for i in granted:  # the studies the professional's grants were drawn from
         if len(others) >= size // 4:
             break

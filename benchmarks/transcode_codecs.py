@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import io
 import statistics
 import time
@@ -103,7 +104,7 @@ async def main() -> None:
             started = time.perf_counter()
             transcode(source, uid)
             times.append(time.perf_counter() - started)
-        stalls = [await stall(pool, lambda s=source, u=uid: transcode(s, u)) for _ in range(5)]
+        stalls = [await stall(pool, functools.partial(transcode, source, uid)) for _ in range(5)]
         print(
             f"{label:28} {len(source) // 1024:4d} KB  {1000 * statistics.median(times):7.2f} ms"
             f"  stall max {1000 * max(stalls):6.2f} ms, p50 {1000 * statistics.median(stalls):6.2f}"

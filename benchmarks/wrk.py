@@ -153,11 +153,11 @@ async def run_wrk(
         err = await proc.stderr.read()
         await proc.wait()
         out = b"".join(collected)
-    line = next((x for x in out.decode().splitlines() if x.startswith("KRYPTON ")), None)
-    if proc.returncode != 0 or line is None:
+    summary = next((x for x in out.decode().splitlines() if x.startswith("KRYPTON ")), None)
+    if proc.returncode != 0 or summary is None:
         msg = f"wrk failed ({proc.returncode}): {err.decode()[-500:]}"
         raise RuntimeError(msg)
-    raw = json.loads(line.removeprefix("KRYPTON "))
+    raw = json.loads(summary.removeprefix("KRYPTON "))
     statuses: dict[str, int] = {}
     stages: dict[str, tuple[float, int]] = {}
     size = answered = 0

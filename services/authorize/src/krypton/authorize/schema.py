@@ -15,6 +15,8 @@ SCHEMA: Final = "authz"
 MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 
 
-async def migrate(pool: asyncpg.Pool) -> list[Migration]:
+async def migrate(
+    pool: asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+) -> list[Migration]:
     """Bring the ``authz`` schema up to date; safe to call from every replica at start-up."""
     return await apply_migrations(pool, SCHEMA, MIGRATIONS_DIR)
