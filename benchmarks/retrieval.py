@@ -74,7 +74,7 @@ from krypton.contracts import subjects
 from krypton.dicom.pixels import decode_frame, transcode
 from krypton.dicom.synthetic import Population, SyntheticStudy, render_instances
 from orthanc import Orthanc
-from wrk import add_client_argument, run_wrk
+from wrk import add_client_argument, run_wrk, stage_means
 
 NAME = "retrieval"
 SLICES = 300  # default size of the CT series (``--slices``)
@@ -460,9 +460,7 @@ async def _send(
     bad = {code: c for code, c in got["statuses"].items() if code != "200"}
     summary["errors"] = {**bad, **got["errors"]}
     if got["stages"]:
-        summary["server_timing_mean_ms"] = {
-            k: round(t / c, 3) for k, (t, c) in got["stages"].items()
-        }
+        summary["server_timing_mean_ms"] = stage_means(got)
         summary["server_timing_count"] = {k: c for k, (_, c) in got["stages"].items()}
     summary["client"] = "wrk"
     return summary

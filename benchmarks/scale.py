@@ -71,7 +71,7 @@ from qido import (
     table_of,
     time_orthanc,
 )
-from wrk import add_client_argument, run_wrk
+from wrk import add_client_argument, run_wrk_all_ok
 
 NAME = "scale"
 CLIENTS = 8
@@ -265,19 +265,7 @@ async def measure_wrk_sequential(
                 )
                 for q in (pool[i % len(pool)] for i in range(n))
             ]
-            measured = await run_wrk(requests, 1)
-            if measured["statuses"] != {"200": n} or measured["errors"]:
-                msg = f"{key}: {measured['statuses']} {measured['errors']}"
-                raise RuntimeError(msg)
-            table[key] = {
-                name: measured[name]
-                for name in ("count", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")
-            }
-            table[key]["per_s"] = round(n / max(measured["elapsed_s"], 1e-9), 1)
-            stages[key] = {
-                name: round(total / count, 3)
-                for name, (total, count) in sorted(measured["stages"].items())
-            }
+            table[key], stages[key] = await run_wrk_all_ok(requests, 1, key)
     return table, stages
 
 
@@ -293,15 +281,7 @@ async def measure_wado_wrk(
         work = [targets[i % len(targets)] for i in range(n)]
         requests = [(f"{base_url}/{t[index]}", {**t[2], "Accept": accept}) for t in work]
         for concurrency, mode in ((1, "sequential"), (clients, f"{clients}_clients")):
-            measured = await run_wrk(requests, concurrency)
-            if measured["statuses"] != {"200": n} or measured["errors"]:
-                msg = f"{kind}: {measured['statuses']} {measured['errors']}"
-                raise RuntimeError(msg)
-            row = {
-                name: measured[name]
-                for name in ("count", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")
-            }
-            row["per_s"] = round(n / max(measured["elapsed_s"], 1e-9), 1)
+            row, _ = await run_wrk_all_ok(requests, concurrency, kind)
             out.setdefault(mode, {})[kind] = row
     return out
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["add_client_argument", "available", "run_wrk"]
+__all__ = ["add_client_argument", "available", "run_wrk", "run_wrk_all_ok", "stage_means"]
 
 _SCRIPT = r"""
 local reqs = {}
@@ -186,3 +186,27 @@ async def run_wrk(
         "errors": errors,
         "stages": stages,
     }
+
+
+def stage_means(measured: dict[str, Any]) -> dict[str, float]:
+    """Mean ms of each Server-Timing stage of a `run_wrk` result, over the answers with it."""
+    return {
+        name: round(total / count, 3) for name, (total, count) in sorted(measured["stages"].items())
+    }
+
+
+async def run_wrk_all_ok(
+    requests: Sequence[tuple[str, dict[str, str]]], concurrency: int, label: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """`run_wrk`, refusing any answer but 200: the latency row (with ``per_s``) and the stages.
+
+    Raises:
+        RuntimeError: an answer was not 200, or a socket error or timeout happened.
+    """
+    measured = await run_wrk(requests, concurrency)
+    if measured["statuses"] != {"200": len(requests)} or measured["errors"]:
+        msg = f"{label}: {measured['statuses']} {measured['errors']}"
+        raise RuntimeError(msg)
+    row = {k: measured[k] for k in ("count", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")}
+    row["per_s"] = round(len(requests) / max(measured["elapsed_s"], 1e-9), 1)
+    return row, stage_means(measured)
