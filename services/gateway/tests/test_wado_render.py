@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from krypton.dicom.pixels import decode_frame
@@ -20,11 +22,9 @@ async def test_warm_up_renders_in_the_cpu_threads() -> None:
     seen: set[str] = set()
     original = wado_render._warm_up
 
-    def spy() -> None:
-        import threading
-
+    def spy(data: bytes) -> None:
         seen.add(threading.current_thread().name)
-        original()
+        original(data)
 
     wado_render._warm_up = spy  # type: ignore[assignment]
     try:

@@ -174,9 +174,8 @@ _FAST_HTJ2K: Final = _register_htj2k_plugin()
 _FAST_JPEGLS: Final = _register_plugin(
     (JPEGLSLosslessDecoder, JPEGLSNearLosslessDecoder), "decode_jpegls_frame", JPEGLSLossless
 )
-_FAST_RLE: Final = _register_plugin((RLELosslessDecoder,), "decode_rle_frame", RLELossless)
 #: RLE Lossless frames decode with the GIL released (`decode_rle_frame`, imagecodecs PackBits).
-RLE_WITHOUT_GIL: Final = _FAST_RLE
+RLE_WITHOUT_GIL: Final = _register_plugin((RLELosslessDecoder,), "decode_rle_frame", RLELossless)
 
 
 def read_dataset(source: bytes | Path, *, pixels: bool = True) -> FileDataset:
@@ -281,7 +280,7 @@ def _native_monochrome_frame(
 def _plugin_for(syntax: UID) -> str:
     """The decoding plugin to ask pydicom for: imagecodecs where it is faster, else its choice."""
     if syntax == RLELossless:
-        fast = _FAST_RLE
+        fast = RLE_WITHOUT_GIL
     else:
         fast = _FAST_JPEGLS if syntax in _JPEGLS else _FAST_HTJ2K
     return _IMAGECODECS_PLUGIN if fast and syntax in DECODER_DEPENDENCIES else ""

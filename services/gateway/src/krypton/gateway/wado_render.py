@@ -76,20 +76,20 @@ def _warm_up_frame() -> bytes:
     return out.getvalue()
 
 
-def _warm_up() -> None:
-    data = _warm_up_frame()
+def _warm_up(data: bytes) -> None:
     for media in (RenderedMediaValues.JPEG, RenderedMediaValues.PNG):
         render_frame(data, RenderRequest(object_key="warm-up", sha256="", media_type=media))
 
 
 async def warm_up() -> None:
-    """Render one small frame in each CPU thread before the gateway takes requests.
+    """Render one small frame in the CPU threads (one task per thread) before requests come.
 
     The first rendering in a process imports and sets up the pixel and image code (~50-80 ms
     measured); a viewer's first image after a restart would wait for it, and the requests
     behind it on the same connection too.
     """
-    await asyncio.gather(*(wado_pool.run(_warm_up) for _ in range(wado_pool.size)))
+    data = _warm_up_frame()
+    await asyncio.gather(*(wado_pool.run(_warm_up, data) for _ in range(wado_pool.size)))
 
 
 def renders_here(store: ObjectStore, instance: LocatedInstance) -> bool:
